@@ -1,0 +1,317 @@
+//! Reading JSON lines into events, and the pairing rules every history must
+//! follow before it can be checked.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read};
+
+use serde_json::Value;
+
+use crate::event::{Event, EventType, InputError, Limits, OpKind};
+
+/// Reads a history, one JSON event per line (blank lines are skipped), and
+/// validates the pairing rules and the limits as it goes.
+///
+/// Errors name the 1-based input line. A line longer than
+/// `limits.line_bytes_max` is rejected before it is buffered whole.
+pub fn parse_history(mut input: impl BufRead, limits: &Limits) -> Result<Vec<Event>, InputError> {
+    let mut events = Vec::new();
+    let mut validator = Validator::new(limits);
+    let mut line_bytes = Vec::new();
+    let mut line_number = 0;
+    loop {
+        line_number += 1;
+        line_bytes.clear();
+        if !read_line_bounded(&mut input, &mut line_bytes, limits, line_number)? {
+            return Ok(events);
+        }
+        let text = std::str::from_utf8(&line_bytes)
+            .map_err(|error| InputError::new(line_number, format!("not UTF-8: {error}")))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let event: Event = serde_json::from_str(text)
+            .map_err(|error| InputError::new(line_number, format!("not a valid event: {error}")))?;
+        validator.accept(&event, line_number, events.len())?;
+        events.push(event);
+    }
+}
+
+/// Reads one line without its ending into `line_bytes`; false at the end of
+/// the input. Reads at most `line_bytes_max` + 2 bytes, so a line without an
+/// end cannot grow the buffer beyond the limit.
+fn read_line_bounded(
+    input: &mut impl BufRead,
+    line_bytes: &mut Vec<u8>,
+    limits: &Limits,
+    line_number: usize,
+) -> Result<bool, InputError> {
+    // Two more bytes than the limit leave room for the `\r\n` of a line that
+    // is exactly at the limit.
+    let read_bytes_max = u64::try_from(limits.line_bytes_max)
+        .unwrap_or(u64::MAX)
+        .saturating_add(2);
+    let read = input
+        .by_ref()
+        .take(read_bytes_max)
+        .read_until(b'\n', line_bytes)
+        .map_err(|error| InputError::new(line_number, format!("cannot read input: {error}")))?;
+    if read == 0 {
+        return Ok(false);
+    }
+    if line_bytes.last() == Some(&b'\n') {
+        line_bytes.pop();
+        if line_bytes.last() == Some(&b'\r') {
+            line_bytes.pop();
+        }
+    }
+    if line_bytes.len() > limits.line_bytes_max {
+        return Err(InputError::new(
+            line_number,
+            format!(
+                "line longer than {} bytes (line_bytes_max)",
+                limits.line_bytes_max
+            ),
+        ));
+    }
+    Ok(true)
+}
+
+/// Where a process stands in its history.
+enum ProcessState {
+    /// It invoked an operation that has not completed yet.
+    Open {
+        f: OpKind,
+        key_index: usize,
+        /// Position of the invoke in the history, so a completion finds it.
+        invoke_position: usize,
+        line: usize,
+    },
+    /// Its last operation ended with `info`: it may still take effect, so
+    /// the process can never be reused.
+    Closed { line: usize },
+}
+
+/// What the validator learned from an accepted event.
+pub(crate) struct Accepted {
+    /// The key's index, in order of first appearance.
+    pub key_index: usize,
+    /// For a completion, the position of its invoke in the history.
+    pub invoke_position: Option<usize>,
+}
+
+/// Checks the pairing rules and the limits, one event at a time, in history
+/// order. Shared by [`parse_history`] and [`crate::check_events`], so a
+/// simulator that builds events itself gets the same checks.
+pub(crate) struct Validator<'limits> {
+    limits: &'limits Limits,
+    events_count: usize,
+    /// Processes that have an open operation or are closed; idle ones are absent.
+    processes: HashMap<u64, ProcessState>,
+    /// Key to its index, in order of first appearance.
+    key_indexes: HashMap<String, usize>,
+    /// Invokes seen per key, by key index.
+    invokes_per_key: Vec<usize>,
+}
+
+impl<'limits> Validator<'limits> {
+    pub(crate) fn new(limits: &'limits Limits) -> Self {
+        Validator {
+            limits,
+            events_count: 0,
+            processes: HashMap::new(),
+            key_indexes: HashMap::new(),
+            invokes_per_key: Vec::new(),
+        }
+    }
+
+    /// The number of distinct keys accepted so far.
+    pub(crate) fn keys_count(&self) -> usize {
+        self.invokes_per_key.len()
+    }
+
+    /// Accepts the event at `position` in the history (reported as `line`),
+    /// or says which rule it breaks.
+    pub(crate) fn accept(
+        &mut self,
+        event: &Event,
+        line: usize,
+        position: usize,
+    ) -> Result<Accepted, InputError> {
+        self.events_count += 1;
+        if self.events_count > self.limits.events_max {
+            return Err(InputError::new(
+                line,
+                format!("more than {} events (events_max)", self.limits.events_max),
+            ));
+        }
+        check_value_shape(event).map_err(|reason| InputError::new(line, reason))?;
+        match event.kind {
+            EventType::Invoke => self.accept_invoke(event, line, position),
+            EventType::Ok | EventType::Fail | EventType::Info => {
+                self.accept_completion(event, line)
+            }
+        }
+    }
+
+    fn accept_invoke(
+        &mut self,
+        event: &Event,
+        line: usize,
+        position: usize,
+    ) -> Result<Accepted, InputError> {
+        match self.processes.get(&event.process) {
+            Some(ProcessState::Open {
+                f, line: open_line, ..
+            }) => {
+                return Err(InputError::new(
+                    line,
+                    format!(
+                        "process {} invokes {} while its {} from line {open_line} is still open",
+                        event.process,
+                        event.f.name(),
+                        f.name()
+                    ),
+                ));
+            }
+            Some(ProcessState::Closed { line: info_line }) => {
+                return Err(InputError::new(
+                    line,
+                    format!(
+                        "process {} invokes again after its operation ended with info on line \
+                         {info_line}; an operation with an unknown outcome stays open, so use \
+                         a new process id",
+                        event.process
+                    ),
+                ));
+            }
+            None => {}
+        }
+        let key_index = self.key_index_or_insert(&event.key, line)?;
+        let invokes = &mut self.invokes_per_key[key_index];
+        *invokes += 1;
+        if *invokes > self.limits.ops_per_key_max {
+            return Err(InputError::new(
+                line,
+                format!(
+                    "more than {} operations on key {:?} (ops_per_key_max)",
+                    self.limits.ops_per_key_max, event.key
+                ),
+            ));
+        }
+        self.processes.insert(
+            event.process,
+            ProcessState::Open {
+                f: event.f,
+                key_index,
+                invoke_position: position,
+                line,
+            },
+        );
+        Ok(Accepted {
+            key_index,
+            invoke_position: None,
+        })
+    }
+
+    fn accept_completion(&mut self, event: &Event, line: usize) -> Result<Accepted, InputError> {
+        let type_name = type_name(event.kind);
+        let Some(ProcessState::Open {
+            f,
+            key_index,
+            invoke_position,
+            line: invoke_line,
+        }) = self.processes.get(&event.process)
+        else {
+            return Err(InputError::new(
+                line,
+                format!(
+                    "{type_name} from process {} has no open invoke to complete",
+                    event.process
+                ),
+            ));
+        };
+        let same_key = self.key_indexes.get(&event.key) == Some(key_index);
+        if *f != event.f || !same_key {
+            return Err(InputError::new(
+                line,
+                format!(
+                    "{type_name} of {} on key {:?} does not match the open {} of process {} \
+                     from line {invoke_line}",
+                    event.f.name(),
+                    event.key,
+                    f.name(),
+                    event.process
+                ),
+            ));
+        }
+        let accepted = Accepted {
+            key_index: *key_index,
+            invoke_position: Some(*invoke_position),
+        };
+        if event.kind == EventType::Info {
+            self.processes
+                .insert(event.process, ProcessState::Closed { line });
+        } else {
+            self.processes.remove(&event.process);
+        }
+        Ok(accepted)
+    }
+
+    fn key_index_or_insert(&mut self, key: &str, line: usize) -> Result<usize, InputError> {
+        if let Some(index) = self.key_indexes.get(key) {
+            return Ok(*index);
+        }
+        if self.invokes_per_key.len() >= self.limits.keys_max {
+            return Err(InputError::new(
+                line,
+                format!("more than {} keys (keys_max)", self.limits.keys_max),
+            ));
+        }
+        let index = self.invokes_per_key.len();
+        self.key_indexes.insert(key.to_owned(), index);
+        self.invokes_per_key.push(0);
+        Ok(index)
+    }
+}
+
+fn type_name(kind: EventType) -> &'static str {
+    match kind {
+        EventType::Invoke => "invoke",
+        EventType::Ok => "ok",
+        EventType::Fail => "fail",
+        EventType::Info => "info",
+    }
+}
+
+fn is_scalar(value: &Value) -> bool {
+    matches!(value, Value::Null | Value::String(_) | Value::Number(_))
+}
+
+fn is_cas_pair(value: &Value) -> bool {
+    matches!(value, Value::Array(pair) if pair.len() == 2 && pair.iter().all(is_scalar))
+}
+
+/// The value must be a string, number or null; for cas, `[expected, new]` on
+/// the invoke, and null or such a pair on a completion (the invoke's pair is
+/// the one that counts).
+fn check_value_shape(event: &Event) -> Result<(), String> {
+    let cas_completion = event.f == OpKind::Cas && event.kind != EventType::Invoke;
+    let well_formed = match event.f {
+        OpKind::Cas if cas_completion => event.value.is_null() || is_cas_pair(&event.value),
+        OpKind::Cas => is_cas_pair(&event.value),
+        OpKind::Read | OpKind::Write | OpKind::Delete => is_scalar(&event.value),
+    };
+    if well_formed {
+        return Ok(());
+    }
+    let expected = match event.f {
+        OpKind::Cas => "[expected, new] with each a string, number or null",
+        _ => "a string, number or null",
+    };
+    Err(format!(
+        "the value of a {} {} must be {expected}, found {}",
+        event.f.name(),
+        type_name(event.kind),
+        event.value
+    ))
+}

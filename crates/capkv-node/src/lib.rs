@@ -1,0 +1,39 @@
+//! One capkv node as a deterministic state machine.
+//!
+//! What it is: the piece between the protocol cores and a driver. A [`Node`]
+//! hosts a Raft group, turns client [`Request`]s into proposals and ReadIndex
+//! reads, applies committed [`Command`]s to its [`KvState`] (put, delete,
+//! compare-and-set on version or value, every value carrying the log index
+//! that last wrote it), takes snapshots to bound the log, and answers
+//! requests. It does no I/O: the simulator and the tokio server both drive it.
+//!
+//! # Driver contract
+//!
+//! 1. Feed inputs: [`Node::tick`], [`Node::handle_message`],
+//!    [`Node::handle_request`].
+//! 2. Take [`Node::ready`]. Write its `batch` to storage and sync it.
+//! 3. Only after the sync: send `messages`, deliver `responses`.
+//!
+//! A crash between 2 and 3 loses the node's memory and the unsynced batch
+//! together, so nothing anyone saw is lost. Requests whose outcome is
+//! uncertain (a leader lost its role before its entry committed) are never
+//! answered with a guess: they stay open until their entry applies or is
+//! overwritten, or the driver's deadline answers them with a timeout.
+//!
+//! Layout: `node.rs` (the node), `kv.rs` (commands and the state machine),
+//! `persist.rs` (the key layout of durable state).
+//!
+//! What it does not do: forwarding to the leader, buckets, ap replication and
+//! transactions (later issues); it answers `NotLeader` with a hint instead.
+
+#![warn(missing_docs)]
+
+mod kv;
+mod node;
+pub mod persist;
+
+pub use kv::{Applied, Command, Expected, KvState, Versioned};
+pub use node::{
+    Node, NodeConfig, NodeError, NodeEvent, NodeReady, ReadConsistency, Request, RequestError,
+    Response,
+};

@@ -1,0 +1,179 @@
+use capkv_raft::DeliberateBugs;
+use std::fmt;
+
+/// One kind of fault the nemesis may inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Network partitions: majority/minority, isolated node, one-way, bridge.
+    Partition,
+    /// Node crash (unsynced writes lost) and restart.
+    Crash,
+    /// Process pause (like SIGSTOP) and resume.
+    Pause,
+    /// Message loss.
+    Loss,
+    /// Message duplication.
+    Duplicate,
+    /// Message reordering (large random extra delays).
+    Reorder,
+    /// Clock drift: nodes tick at different rates.
+    Skew,
+}
+
+impl Fault {
+    /// Every fault kind.
+    pub const ALL: [Fault; 7] = [
+        Fault::Partition,
+        Fault::Crash,
+        Fault::Pause,
+        Fault::Loss,
+        Fault::Duplicate,
+        Fault::Reorder,
+        Fault::Skew,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Partition => "partition",
+            Fault::Crash => "crash",
+            Fault::Pause => "pause",
+            Fault::Loss => "loss",
+            Fault::Duplicate => "dup",
+            Fault::Reorder => "reorder",
+            Fault::Skew => "skew",
+        }
+    }
+
+    /// Parses a comma-separated list (`all` and `none` allowed).
+    pub fn parse_list(text: &str) -> Result<Vec<Fault>, String> {
+        let mut faults = Vec::new();
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "all" => faults.extend(Fault::ALL),
+                "none" => {}
+                _ => match Fault::ALL.iter().find(|f| f.name() == word) {
+                    Some(fault) => faults.push(*fault),
+                    None => {
+                        return Err(format!(
+                            "unknown fault '{word}' (known: all, none, {})",
+                            Fault::ALL.map(Fault::name).join(", ")
+                        ))
+                    }
+                },
+            }
+        }
+        faults.sort();
+        faults.dedup();
+        Ok(faults)
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything one simulated run depends on. Same config, same run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: u64,
+    /// Faults the nemesis may inject.
+    pub faults: Vec<Fault>,
+    /// Simulated time during which clients issue operations and faults
+    /// happen, in milliseconds. A quiet period follows.
+    pub duration_ms: u64,
+    /// Quiet period after every fault is healed, in milliseconds, before the
+    /// convergence checks.
+    pub quiet_ms: u64,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// Keys the clients use.
+    pub keys: u64,
+    /// Virtual milliseconds per Raft tick.
+    pub tick_ms: u64,
+    /// A client gives up on an operation after this long.
+    pub client_timeout_ms: u64,
+    /// Snapshot every this many applied entries (small, to exercise
+    /// InstallSnapshot).
+    pub snapshot_interval_entries: u64,
+    /// Deliberately broken Raft, to prove the checkers catch it.
+    pub bugs: DeliberateBugs,
+    /// Record a human-readable timeline.
+    pub timeline: bool,
+    /// Hard bound on processed events: a livelock ends the run as a failure
+    /// instead of hanging.
+    pub events_max: u64,
+}
+
+impl SimConfig {
+    /// Defaults: `nodes` nodes, all faults, 20 s of load.
+    pub fn new(seed: u64, nodes: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes,
+            faults: Fault::ALL.to_vec(),
+            duration_ms: 20_000,
+            quiet_ms: 5_000,
+            clients: 5,
+            keys: 5,
+            tick_ms: 10,
+            client_timeout_ms: 1_000,
+            snapshot_interval_entries: 200,
+            bugs: DeliberateBugs::default(),
+            timeline: false,
+            events_max: 50_000_000,
+        }
+    }
+
+    /// Rejects configurations that cannot run.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=9).contains(&self.nodes) {
+            return Err(format!("--nodes must be 1..=9, got {}", self.nodes));
+        }
+        if !(1..=64).contains(&self.clients) {
+            return Err(format!("clients must be 1..=64, got {}", self.clients));
+        }
+        if !(1..=1000).contains(&self.keys) {
+            return Err(format!("keys must be 1..=1000, got {}", self.keys));
+        }
+        if self.duration_ms == 0 || self.duration_ms > 3_600_000 {
+            return Err("--duration must be between 1 ms and 1 hour".into());
+        }
+        if self.tick_ms == 0 {
+            return Err("tick must be at least 1 ms".into());
+        }
+        Ok(())
+    }
+
+    /// The command line that replays this run.
+    pub fn replay_command(&self) -> String {
+        let faults = if self.faults.is_empty() {
+            "none".to_string()
+        } else {
+            self.faults
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut command = format!(
+            "capkv sim --seed {} --nodes {} --faults {} --duration {}ms",
+            self.seed, self.nodes, faults, self.duration_ms
+        );
+        if self.bugs.vote_ignores_log {
+            command.push_str(" --bug vote-ignores-log");
+        }
+        if self.bugs.commit_counts_old_terms {
+            command.push_str(" --bug commit-counts-old-terms");
+        }
+        if self.bugs.read_skips_quorum {
+            command.push_str(" --bug read-skips-quorum");
+        }
+        command
+    }
+}

@@ -1,0 +1,890 @@
+use crate::config::{Fault, SimConfig};
+use crate::invariants::{RaftInvariants, Violation};
+use crate::workload::{Client, ClientAction, Outcome};
+use capkv_check::Event as HistoryEvent;
+use capkv_core::{NodeId, Rng, StableHasher};
+use capkv_node::{Node, NodeConfig, NodeEvent, NodeReady, Request, Response};
+use capkv_raft::{Message, Role};
+use capkv_storage::{MemStorage, Storage};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+/// Virtual time in microseconds.
+pub type Micros = u64;
+
+const MS: Micros = 1_000;
+/// Most inputs buffered for a busy or paused node; more are dropped (a full
+/// socket buffer).
+const INBOX_MAX: usize = 10_000;
+
+/// What happens at one instant of virtual time.
+#[derive(Debug)]
+enum Action {
+    /// A node's timer, tagged with the life it was set in.
+    Tick(NodeId, u64),
+    /// The load phase ended: heal every fault for the quiet period.
+    HealAll,
+    Deliver(Message),
+    ClientRequest {
+        node: NodeId,
+        client: usize,
+        request_id: u64,
+        request: Request,
+    },
+    ClientResponse {
+        client: usize,
+        request_id: u64,
+        response: Response,
+    },
+    ClientWake(usize),
+    TurnDone(NodeId),
+    NemesisStart,
+    Heal(HealKind),
+    Restart(NodeId),
+    Resume(NodeId),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum HealKind {
+    Partition,
+    Network,
+    Skew,
+}
+
+struct Scheduled {
+    at: Micros,
+    seq: u64,
+    action: Action,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// An input waiting for a node that is busy (its turn's fsync is in flight)
+/// or paused.
+#[derive(Debug)]
+enum Input {
+    Message(Message),
+    Request {
+        client: usize,
+        request_id: u64,
+        request: Request,
+    },
+}
+
+/// One simulated process with its disk.
+struct SimNode {
+    id: NodeId,
+    config: NodeConfig,
+    /// `None` while crashed.
+    node: Option<Node>,
+    storage: MemStorage,
+    paused: bool,
+    /// Outputs of the turn whose sync is in flight.
+    in_flight: Option<NodeReady>,
+    inbox: VecDeque<Input>,
+    /// Which client sent each request, to route answers.
+    request_clients: BTreeMap<u64, usize>,
+    /// Tick period, changed by the skew fault (clock drift).
+    tick_period: Micros,
+    /// Restarts count: ticks scheduled by an earlier life are ignored.
+    incarnation: u64,
+}
+
+/// Network conditions in force.
+#[derive(Clone, Debug, Default)]
+struct NetworkFaults {
+    loss: f64,
+    duplicate: f64,
+    reorder: f64,
+}
+
+/// The result of one run.
+#[derive(Debug)]
+pub struct SimReport {
+    /// The run's config.
+    pub config: SimConfig,
+    /// Simulated time at the end, in milliseconds.
+    pub simulated_ms: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Operations that completed ok.
+    pub ops_ok: u64,
+    /// Operations that definitely failed.
+    pub ops_fail: u64,
+    /// Operations with unknown outcome.
+    pub ops_info: u64,
+    /// The Raft safety checker's verdict.
+    pub raft_violation: Option<Violation>,
+    /// The linearizability checker's verdict (`Ok(description)` or the
+    /// failure).
+    pub linearizability: Result<String, String>,
+    /// After the quiet period: every replica equal and a leader present.
+    pub convergence: Result<(), String>,
+    /// Hash of every event processed: same seed, same hash.
+    pub trace_hash: u64,
+    /// The client history, in the `capkv check` format.
+    pub history: Vec<HistoryEvent>,
+    /// Human-readable timeline (when asked for).
+    pub timeline: Vec<String>,
+}
+
+impl SimReport {
+    /// True when every checker passed.
+    pub fn passed(&self) -> bool {
+        self.raft_violation.is_none() && self.linearizability.is_ok() && self.convergence.is_ok()
+    }
+}
+
+/// A deterministic simulation of a whole cluster plus clients.
+pub struct Simulation {
+    config: SimConfig,
+    now: Micros,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    rng: Rng,
+    nodes: Vec<SimNode>,
+    clients: Vec<Client>,
+    /// Directed links that drop everything.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    network: NetworkFaults,
+    invariants: RaftInvariants,
+    violation: Option<Violation>,
+    history: Vec<HistoryEvent>,
+    timeline: Vec<String>,
+    trace: StableHasher,
+    events: u64,
+    next_request_id: u64,
+}
+
+impl Simulation {
+    /// Builds the cluster described by `config`.
+    pub fn new(config: SimConfig) -> Simulation {
+        let mut rng = Rng::new(config.seed);
+        let voters: Vec<NodeId> = (1..=config.nodes).map(NodeId).collect();
+        let shapes = match rng.range(0, 3) {
+            0 => (1, 2),
+            1 => (4, 8),
+            _ => (256, 64),
+        };
+        let nodes = voters
+            .iter()
+            .map(|id| {
+                let mut node_config = NodeConfig::new(*id, voters.clone(), rng.next_u64());
+                node_config.raft.election_timeout_ticks = 15;
+                node_config.raft.heartbeat_interval_ticks = 3;
+                node_config.raft.bugs = config.bugs;
+                // Small messages and windows on some seeds, so that entries
+                // of one leader arrive over many round trips.
+                node_config.raft.append_entries_max = shapes.0;
+                node_config.raft.inflight_messages_max = shapes.1;
+                node_config.snapshot_interval_entries = config.snapshot_interval_entries;
+                let storage = MemStorage::new();
+                let node = Node::restore(node_config.clone(), &storage)
+                    .expect("a fresh node starts from empty storage");
+                SimNode {
+                    id: *id,
+                    config: node_config,
+                    node: Some(node),
+                    storage,
+                    paused: false,
+                    in_flight: None,
+                    inbox: VecDeque::new(),
+                    request_clients: BTreeMap::new(),
+                    tick_period: config.tick_ms * MS,
+                    incarnation: 0,
+                }
+            })
+            .collect();
+        let clients = (0..config.clients as usize)
+            .map(|index| {
+                let mut client = Client::new(index, config.keys, config.nodes, rng.fork());
+                client.configure(config.clients, config.client_timeout_ms * MS);
+                client
+            })
+            .collect();
+        let mut sim = Simulation {
+            now: 0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng,
+            nodes,
+            clients,
+            cut: BTreeSet::new(),
+            network: NetworkFaults::default(),
+            invariants: RaftInvariants::new(),
+            violation: None,
+            history: Vec::new(),
+            timeline: Vec::new(),
+            trace: StableHasher::new(),
+            events: 0,
+            next_request_id: 1,
+            config,
+        };
+        for index in 0..sim.nodes.len() {
+            // Stagger the first ticks so nodes do not move in lockstep.
+            let offset = sim.rng.range(0, sim.config.tick_ms * MS);
+            let id = sim.nodes[index].id;
+            sim.schedule(offset, Action::Tick(id, 0));
+        }
+        for client in 0..sim.clients.len() {
+            let offset = sim.rng.range(0, 50 * MS);
+            sim.schedule(offset, Action::ClientWake(client));
+        }
+        let load_end = sim.load_end();
+        sim.schedule(load_end, Action::HealAll);
+        if !sim.config.faults.is_empty() {
+            let first = sim.rng.range(500 * MS, 2_000 * MS);
+            sim.schedule(first, Action::NemesisStart);
+        }
+        sim
+    }
+
+    fn schedule(&mut self, delay: Micros, action: Action) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: self.now + delay,
+            seq: self.seq,
+            action,
+        }));
+    }
+
+    fn note(&mut self, text: String) {
+        if self.config.timeline {
+            self.timeline
+                .push(format!("{:>9.3}s  {text}", self.now as f64 / 1e6));
+        }
+    }
+
+    fn node_index(&self, id: NodeId) -> usize {
+        (id.0 - 1) as usize
+    }
+
+    fn load_end(&self) -> Micros {
+        self.config.duration_ms * MS
+    }
+
+    /// Runs to the end and checks everything.
+    pub fn run(mut self) -> SimReport {
+        let end = self.load_end() + self.config.quiet_ms * MS;
+        while let Some(Reverse(next)) = self.queue.pop() {
+            if next.at > end || self.violation.is_some() {
+                break;
+            }
+            if self.events >= self.config.events_max {
+                self.violation = Some(Violation {
+                    property: "progress",
+                    detail: format!("event bound {} reached", self.config.events_max),
+                });
+                break;
+            }
+            self.now = next.at;
+            self.events += 1;
+            self.trace.write_u64(next.at);
+            self.trace.write_u64(next.seq);
+            self.handle(next.action);
+        }
+        self.finish()
+    }
+
+    fn handle(&mut self, action: Action) {
+        match action {
+            Action::Tick(id, incarnation) => self.on_tick(id, incarnation),
+            Action::HealAll => {
+                self.note("load ends: every fault healed, quiet period".into());
+                self.heal_everything();
+            }
+            Action::Deliver(message) => {
+                if self.cut.contains(&(message.from, message.to)) {
+                    return; // the connection broke with it in flight
+                }
+                self.trace.write_u64(message.to.0);
+                self.trace.write(message.body.name().as_bytes());
+                let to = message.to;
+                self.input(to, Input::Message(message));
+            }
+            Action::ClientRequest {
+                node,
+                client,
+                request_id,
+                request,
+            } => self.input(
+                node,
+                Input::Request {
+                    client,
+                    request_id,
+                    request,
+                },
+            ),
+            Action::ClientResponse {
+                client,
+                request_id,
+                response,
+            } => {
+                self.trace.write_u64(request_id);
+                let now = self.now;
+                let action = self.clients[client].on_response(now, request_id, response);
+                self.client_act(client, action);
+            }
+            Action::ClientWake(client) => {
+                let now = self.now;
+                let accepting = now < self.load_end();
+                let action = self.clients[client].on_wake(now, accepting);
+                self.client_act(client, action);
+            }
+            Action::TurnDone(id) => self.on_turn_done(id),
+            Action::NemesisStart => self.nemesis_start(),
+            Action::Heal(kind) => self.heal(kind),
+            Action::Restart(id) => self.restart(id),
+            Action::Resume(id) => {
+                let index = self.node_index(id);
+                self.nodes[index].paused = false;
+                self.note(format!("{id} resumed"));
+                self.run_turn(index);
+            }
+        }
+    }
+
+    // ----- nodes -----
+
+    fn on_tick(&mut self, id: NodeId, incarnation: u64) {
+        let index = self.node_index(id);
+        let sim_node = &mut self.nodes[index];
+        if sim_node.incarnation != incarnation {
+            return; // a timer of an earlier life
+        }
+        let Some(node) = sim_node.node.as_mut() else {
+            return; // crashed: its timers died with it
+        };
+        let period = sim_node.tick_period;
+        // A paused process sees no timer; a busy one runs the tick after its
+        // turn, which we approximate by ticking now (ticks do no I/O).
+        if !sim_node.paused {
+            node.tick();
+        }
+        self.schedule(period, Action::Tick(id, incarnation));
+        self.run_turn(index);
+    }
+
+    fn input(&mut self, id: NodeId, input: Input) {
+        let index = self.node_index(id);
+        let sim_node = &mut self.nodes[index];
+        if sim_node.node.is_none() {
+            return; // crashed: connections refused
+        }
+        if sim_node.inbox.len() >= INBOX_MAX {
+            return;
+        }
+        sim_node.inbox.push_back(input);
+        self.run_turn(index);
+    }
+
+    /// Feeds the inbox to an idle node, takes its ready, writes the batch and
+    /// schedules the sync. Outputs stay held until the sync completes.
+    fn run_turn(&mut self, index: usize) {
+        let sim_node = &mut self.nodes[index];
+        if sim_node.paused || sim_node.in_flight.is_some() {
+            return;
+        }
+        let Some(node) = sim_node.node.as_mut() else {
+            return;
+        };
+        while let Some(input) = sim_node.inbox.pop_front() {
+            match input {
+                Input::Message(message) => node.handle_message(message),
+                Input::Request {
+                    client,
+                    request_id,
+                    request,
+                } => {
+                    sim_node.request_clients.insert(request_id, client);
+                    node.handle_request(request_id, request);
+                }
+            }
+        }
+        if !node.has_ready() {
+            return;
+        }
+        let ready = node.ready();
+        let id = sim_node.id;
+        let had_batch = !ready.batch.is_empty();
+        if had_batch {
+            let batch = ready.batch.clone();
+            if let Err(error) = sim_node.storage.write(batch) {
+                panic!("simulated storage cannot fail: {error}");
+            }
+        }
+        self.check_events(index, &ready);
+        self.nodes[index].in_flight = Some(ready);
+        // An fsync takes 0.2 to 2 ms; a turn without one, a few microseconds.
+        let delay = if had_batch {
+            self.rng.range(200, 2_000)
+        } else {
+            self.rng.range(5, 50)
+        };
+        self.schedule(delay, Action::TurnDone(id));
+    }
+
+    fn check_events(&mut self, index: usize, ready: &NodeReady) {
+        let id = self.nodes[index].id;
+        for event in &ready.events {
+            let Some(node) = self.nodes[index].node.as_ref() else {
+                return;
+            };
+            let raft = node.raft();
+            let result = match event {
+                NodeEvent::RoleChanged {
+                    role, term, leader, ..
+                } => {
+                    self.trace.write_u64(term.0);
+                    if self.config.timeline {
+                        let leader = leader.map_or("none".to_string(), |l| l.to_string());
+                        self.timeline.push(format!(
+                            "{:>9.3}s  {id} is {} in {term} (leader {leader})",
+                            self.now as f64 / 1e6,
+                            role.as_str()
+                        ));
+                    }
+                    if *role == Role::Leader {
+                        self.invariants.on_leader(id, raft)
+                    } else {
+                        Ok(())
+                    }
+                }
+                NodeEvent::LogAppended { first, last, .. } => {
+                    self.invariants.on_append(id, raft, *first, *last)
+                }
+                NodeEvent::Applied {
+                    index: entry_index,
+                    term,
+                    data_hash,
+                    ..
+                } => self
+                    .invariants
+                    .on_apply(id, *entry_index, *term, *data_hash),
+                NodeEvent::SnapshotInstalled {
+                    index: snapshot_index,
+                    ..
+                } => {
+                    if self.config.timeline {
+                        self.timeline.push(format!(
+                            "{:>9.3}s  {id} installed a snapshot at {snapshot_index}",
+                            self.now as f64 / 1e6
+                        ));
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(violation) = result {
+                self.note(format!(
+                    "VIOLATION {}: {}",
+                    violation.property, violation.detail
+                ));
+                self.violation = Some(violation);
+                return;
+            }
+        }
+    }
+
+    fn on_turn_done(&mut self, id: NodeId) {
+        let index = self.node_index(id);
+        let Some(ready) = self.nodes[index].in_flight.take() else {
+            return; // the node crashed while syncing: its outputs died too
+        };
+        if let Err(error) = self.nodes[index].storage.sync() {
+            panic!("simulated storage cannot fail: {error}");
+        }
+        for message in ready.messages {
+            self.send(message);
+        }
+        for (request_id, response) in ready.responses {
+            let Some(client) = self.nodes[index].request_clients.remove(&request_id) else {
+                continue;
+            };
+            let delay = self.rng.range(100, 1_000);
+            self.schedule(
+                delay,
+                Action::ClientResponse {
+                    client,
+                    request_id,
+                    response,
+                },
+            );
+        }
+        self.run_turn(index);
+    }
+
+    fn send(&mut self, message: Message) {
+        if self.cut.contains(&(message.from, message.to)) {
+            return;
+        }
+        if self.rng.chance(self.network.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(self.network.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = self.rng.range(300, 1_500);
+            if self.rng.chance(self.network.reorder) {
+                delay += self.rng.range(1_000, 30_000);
+            }
+            self.schedule(delay, Action::Deliver(message.clone()));
+        }
+    }
+
+    // ----- clients -----
+
+    fn client_act(&mut self, client: usize, action: ClientAction) {
+        match action {
+            ClientAction::Idle => {}
+            ClientAction::Sleep(delay) => self.schedule(delay, Action::ClientWake(client)),
+            ClientAction::Send {
+                node,
+                request,
+                timeout,
+            } => {
+                let request_id = self.next_request_id;
+                self.next_request_id += 1;
+                self.clients[client].sent(request_id, self.now + timeout);
+                let delay = self.rng.range(100, 1_000);
+                self.schedule(
+                    delay,
+                    Action::ClientRequest {
+                        node,
+                        client,
+                        request_id,
+                        request,
+                    },
+                );
+                self.schedule(timeout, Action::ClientWake(client));
+            }
+        }
+        for outcome in self.clients[client].take_outcomes() {
+            match outcome {
+                Outcome::History(event) => self.history.push(event),
+            }
+        }
+    }
+
+    // ----- nemesis -----
+
+    fn nemesis_start(&mut self) {
+        let nemesis_end = self.load_end().saturating_sub(1_000 * MS);
+        if self.now >= nemesis_end {
+            return;
+        }
+        let faults = self.config.faults.clone();
+        let fault = faults[self.rng.range(0, faults.len() as u64) as usize];
+        let duration = self.rng.range(300 * MS, 3_000 * MS);
+        match fault {
+            Fault::Partition => self.partition(duration),
+            Fault::Crash => {
+                let id = self.victim();
+                self.crash(id);
+                self.schedule(duration, Action::Restart(id));
+            }
+            Fault::Pause => {
+                let id = self.victim();
+                let index = self.node_index(id);
+                if self.nodes[index].node.is_some() && !self.nodes[index].paused {
+                    self.nodes[index].paused = true;
+                    self.note(format!("{id} paused"));
+                    self.schedule(duration, Action::Resume(id));
+                }
+            }
+            Fault::Loss => {
+                self.network.loss = self.rng.range(5, 40) as f64 / 100.0;
+                self.note(format!("message loss {:.0}%", self.network.loss * 100.0));
+                self.schedule(duration, Action::Heal(HealKind::Network));
+            }
+            Fault::Duplicate => {
+                self.network.duplicate = self.rng.range(5, 50) as f64 / 100.0;
+                self.note(format!(
+                    "message duplication {:.0}%",
+                    self.network.duplicate * 100.0
+                ));
+                self.schedule(duration, Action::Heal(HealKind::Network));
+            }
+            Fault::Reorder => {
+                self.network.reorder = self.rng.range(10, 50) as f64 / 100.0;
+                self.note(format!(
+                    "message reordering {:.0}%",
+                    self.network.reorder * 100.0
+                ));
+                self.schedule(duration, Action::Heal(HealKind::Network));
+            }
+            Fault::Skew => {
+                let base = self.config.tick_ms * MS;
+                let mut rates = Vec::new();
+                for node in &mut self.nodes {
+                    // Drift between -50% and +50%.
+                    let percent = 50 + self.rng.range(0, 101);
+                    node.tick_period = base * percent / 100;
+                    rates.push(format!("{}:{}%", node.id, 10_000 / percent.max(1)));
+                }
+                self.note(format!("clock drift, tick rates {}", rates.join(" ")));
+                self.schedule(duration, Action::Heal(HealKind::Skew));
+            }
+        }
+        let gap = self.rng.range(200 * MS, 2_500 * MS);
+        self.schedule(gap, Action::NemesisStart);
+    }
+
+    fn random_node(&mut self) -> NodeId {
+        NodeId(1 + self.rng.range(0, self.config.nodes))
+    }
+
+    /// Half the time the current leader (the node whose loss hurts most),
+    /// otherwise any node.
+    fn victim(&mut self) -> NodeId {
+        let leader = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .filter(|n| n.raft().role() == Role::Leader)
+            .max_by_key(|n| n.raft().term())
+            .map(|n| n.id());
+        match leader {
+            Some(id) if self.rng.chance(0.5) => id,
+            _ => self.random_node(),
+        }
+    }
+
+    fn partition(&mut self, duration: Micros) {
+        let ids: Vec<NodeId> = (1..=self.config.nodes).map(NodeId).collect();
+        if ids.len() < 2 {
+            return;
+        }
+        let mut shuffled = ids.clone();
+        for i in (1..shuffled.len()).rev() {
+            let j = self.rng.range(0, i as u64 + 1) as usize;
+            shuffled.swap(i, j);
+        }
+        let kind = self.rng.range(0, 4);
+        let description = match kind {
+            0 => {
+                // Majority / minority.
+                let split = (ids.len() / 2).max(1);
+                let (minority, majority) = shuffled.split_at(split);
+                self.cut_between(minority, majority, true);
+                format!("partition {minority:?} | {majority:?}")
+            }
+            1 => {
+                // One node isolated.
+                let (alone, rest) = shuffled.split_at(1);
+                self.cut_between(alone, rest, true);
+                format!("isolate {}", alone[0])
+            }
+            2 => {
+                // One-way: the first node can send but not hear.
+                let (deaf, rest) = shuffled.split_at(1);
+                for other in rest {
+                    self.cut.insert((*other, deaf[0]));
+                }
+                format!("one-way: {} hears nobody", deaf[0])
+            }
+            _ => {
+                // Bridge: two sides that only the bridge node connects.
+                if ids.len() < 3 {
+                    return;
+                }
+                let bridge = shuffled[0];
+                let rest = &shuffled[1..];
+                let (left, right) = rest.split_at(rest.len() / 2);
+                self.cut_between(left, right, true);
+                format!("bridge {bridge} between {left:?} and {right:?}")
+            }
+        };
+        self.note(description);
+        self.schedule(duration, Action::Heal(HealKind::Partition));
+    }
+
+    fn cut_between(&mut self, a: &[NodeId], b: &[NodeId], both_ways: bool) {
+        for x in a {
+            for y in b {
+                self.cut.insert((*x, *y));
+                if both_ways {
+                    self.cut.insert((*y, *x));
+                }
+            }
+        }
+    }
+
+    fn heal(&mut self, kind: HealKind) {
+        match kind {
+            HealKind::Partition => {
+                if !self.cut.is_empty() {
+                    self.cut.clear();
+                    self.note("partition healed".into());
+                }
+            }
+            HealKind::Network => {
+                self.network = NetworkFaults::default();
+                self.note("network healed".into());
+            }
+            HealKind::Skew => {
+                let base = self.config.tick_ms * MS;
+                for node in &mut self.nodes {
+                    node.tick_period = base;
+                }
+                self.note("clocks healed".into());
+            }
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let index = self.node_index(id);
+        let sim_node = &mut self.nodes[index];
+        if sim_node.node.is_none() {
+            return;
+        }
+        sim_node.node = None;
+        sim_node.in_flight = None;
+        sim_node.inbox.clear();
+        sim_node.request_clients.clear();
+        sim_node.paused = false;
+        let lost = sim_node.storage.unsynced_batches();
+        sim_node.storage.crash();
+        sim_node.incarnation += 1;
+        self.note(format!("{id} crashed ({lost} unsynced batches lost)"));
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let index = self.node_index(id);
+        let sim_node = &mut self.nodes[index];
+        if sim_node.node.is_some() {
+            return;
+        }
+        match Node::restore(sim_node.config.clone(), &sim_node.storage) {
+            Ok(node) => sim_node.node = Some(node),
+            Err(error) => {
+                self.violation = Some(Violation {
+                    property: "recovery",
+                    detail: format!("{id} cannot restart from its storage: {error}"),
+                });
+                return;
+            }
+        }
+        let period = sim_node.tick_period;
+        let incarnation = sim_node.incarnation;
+        self.note(format!("{id} restarted"));
+        self.schedule(period, Action::Tick(id, incarnation));
+    }
+
+    // ----- end of run -----
+
+    fn heal_everything(&mut self) {
+        self.cut.clear();
+        self.network = NetworkFaults::default();
+        let base = self.config.tick_ms * MS;
+        for index in 0..self.nodes.len() {
+            self.nodes[index].tick_period = base;
+            if self.nodes[index].paused {
+                let id = self.nodes[index].id;
+                self.schedule(0, Action::Resume(id));
+            }
+            if self.nodes[index].node.is_none() {
+                let id = self.nodes[index].id;
+                self.schedule(0, Action::Restart(id));
+            }
+        }
+    }
+
+    fn finish(mut self) -> SimReport {
+        let convergence = self.convergence();
+        for client in &mut self.clients {
+            client.close_open_operations(&mut self.history);
+        }
+        let (ops_ok, ops_fail, ops_info) = crate::workload::count_outcomes(&self.history);
+        let linearizability =
+            match capkv_check::check_events(&self.history, &capkv_check::Limits::default()) {
+                Ok(capkv_check::Verdict::Linearizable { keys, operations }) => Ok(format!(
+                    "linearizable ({operations} operations over {keys} keys)"
+                )),
+                Ok(capkv_check::Verdict::NotLinearizable(violation)) => Err(format!(
+                    "not linearizable on key {}: {}",
+                    violation.key, violation.explanation
+                )),
+                Err(error) => Err(format!("history rejected: {error}")),
+            };
+        SimReport {
+            simulated_ms: self.now / MS,
+            events: self.events,
+            ops_ok,
+            ops_fail,
+            ops_info,
+            raft_violation: self.violation,
+            linearizability,
+            convergence,
+            trace_hash: self.trace.finish(),
+            history: self.history,
+            timeline: self.timeline,
+            config: self.config,
+        }
+    }
+
+    fn convergence(&self) -> Result<(), String> {
+        if self.violation.is_some() {
+            return Ok(());
+        }
+        let live: Vec<&Node> = self.nodes.iter().filter_map(|n| n.node.as_ref()).collect();
+        let leaders: Vec<NodeId> = live
+            .iter()
+            .filter(|n| n.raft().role() == Role::Leader)
+            .map(|n| n.id())
+            .collect();
+        if leaders.is_empty() {
+            return Err("no leader after the quiet period".into());
+        }
+        let digests: BTreeSet<(u64, u64)> = live
+            .iter()
+            .map(|n| (n.raft().applied_index().0, n.kv().digest()))
+            .collect();
+        if digests.len() > 1 {
+            let states: Vec<String> = live
+                .iter()
+                .map(|n| {
+                    let raft = n.raft();
+                    let progress: Vec<String> = raft
+                        .progress()
+                        .iter()
+                        .map(|(id, p)| format!("{id}:{:?}/m{}/n{}", p.state, p.matched.0, p.next.0))
+                        .collect();
+                    format!(
+                        "{} {} {} commit {} applied {} last {} snap {} [{}]",
+                        n.id(),
+                        raft.role().as_str(),
+                        raft.term(),
+                        raft.commit_index(),
+                        raft.applied_index(),
+                        raft.log().last_index(),
+                        raft.log().snapshot_index(),
+                        progress.join(" ")
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "replicas differ after the quiet period: {}",
+                states.join("; ")
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! `capkv sim`: runs seeds and prints one verdict line per seed.
+
+use capkv_raft::DeliberateBugs;
+use capkv_sim::{Fault, SimConfig};
+use std::io::Write;
+
+/// Arguments of `capkv sim`.
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    /// The seed to run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A range of seeds to sweep, `FIRST..LAST` (inclusive); overrides --seed.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Cluster size (1..=9).
+    #[arg(long, default_value_t = 5)]
+    nodes: u64,
+    /// Faults: comma-separated from partition,crash,pause,loss,dup,reorder,skew, or all, none.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Simulated load time, like 60s, 500ms or 2m (a quiet period follows).
+    #[arg(long, default_value = "20s")]
+    duration: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5)]
+    clients: u64,
+    /// Keys the clients use.
+    #[arg(long, default_value_t = 5)]
+    keys: u64,
+    /// Print a human-readable timeline of elections, faults and snapshots.
+    #[arg(long)]
+    timeline: bool,
+    /// Write the client history (JSON lines, `capkv check` format) to FILE.
+    /// With --seeds, the seed is appended to the file name.
+    #[arg(long)]
+    history: Option<String>,
+    /// Break Raft on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum.
+    #[arg(long)]
+    bug: Vec<String>,
+}
+
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(split) => text.split_at(split),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration '{text}': expected e.g. 60s, 500ms, 2m"))?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        _ => return Err(format!("bad duration unit in '{text}': use ms, s or m")),
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("duration '{text}' is too long"))
+}
+
+fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("bad --seeds '{text}': expected FIRST..LAST, e.g. 1..500");
+    let (first, last) = text.split_once("..").ok_or_else(bad)?;
+    let first: u64 = first.trim().parse().map_err(|_| bad())?;
+    let last: u64 = last
+        .trim()
+        .trim_start_matches('=')
+        .parse()
+        .map_err(|_| bad())?;
+    if last < first {
+        return Err(bad());
+    }
+    if last - first >= 1_000_000 {
+        return Err("at most 1,000,000 seeds in one sweep".into());
+    }
+    Ok((first, last))
+}
+
+fn parse_bugs(names: &[String]) -> Result<DeliberateBugs, String> {
+    let mut bugs = DeliberateBugs::default();
+    for name in names {
+        match name.as_str() {
+            "vote-ignores-log" => bugs.vote_ignores_log = true,
+            "commit-counts-old-terms" => bugs.commit_counts_old_terms = true,
+            "read-skips-quorum" => bugs.read_skips_quorum = true,
+            other => {
+                return Err(format!(
+                    "unknown --bug '{other}' (known: vote-ignores-log, commit-counts-old-terms, read-skips-quorum)"
+                ))
+            }
+        }
+    }
+    Ok(bugs)
+}
+
+fn build_configs(args: &SimArgs) -> Result<Vec<SimConfig>, String> {
+    let (first, last) = match &args.seeds {
+        Some(range) => parse_seeds(range)?,
+        None => (args.seed, args.seed),
+    };
+    let faults = Fault::parse_list(&args.faults)?;
+    let duration_ms = parse_duration_ms(&args.duration)?;
+    let bugs = parse_bugs(&args.bug)?;
+    let mut configs = Vec::new();
+    for seed in first..=last {
+        let mut config = SimConfig::new(seed, args.nodes);
+        config.faults = faults.clone();
+        config.duration_ms = duration_ms;
+        config.clients = args.clients;
+        config.keys = args.keys;
+        config.timeline = args.timeline;
+        config.bugs = bugs;
+        config.validate()?;
+        configs.push(config);
+    }
+    Ok(configs)
+}
+
+/// Runs `capkv sim`; returns the exit code (0 all passed, 1 a checker
+/// failed, 2 bad arguments or an unwritable history file).
+pub fn run(args: &SimArgs) -> u8 {
+    let configs = match build_configs(args) {
+        Ok(configs) => configs,
+        Err(message) => {
+            eprintln!("capkv sim: {message}");
+            return 2;
+        }
+    };
+    let sweep = configs.len() > 1;
+    let mut failed = 0u64;
+    let started = std::time::Instant::now();
+    let mut simulated_ms_total = 0u64;
+    for config in configs {
+        let seed = config.seed;
+        let report = capkv_sim::run(config);
+        simulated_ms_total += report.simulated_ms;
+        for line in &report.timeline {
+            println!("{line}");
+        }
+        let raft = match &report.raft_violation {
+            None => "ok".to_string(),
+            Some(v) => format!("VIOLATED {}: {}", v.property, v.detail),
+        };
+        let linear = match &report.linearizability {
+            Ok(text) => text.clone(),
+            Err(text) => format!("FAILED {text}"),
+        };
+        let convergence = match &report.convergence {
+            Ok(()) => "ok".to_string(),
+            Err(text) => format!("FAILED {text}"),
+        };
+        println!(
+            "seed {seed}: simulated {:.1}s, ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
+            report.simulated_ms as f64 / 1000.0,
+            report.ops_ok,
+            report.ops_fail,
+            report.ops_info,
+            report.trace_hash
+        );
+        if !report.passed() {
+            failed += 1;
+            println!("  replay: {}", report.config.replay_command());
+        }
+        if let Some(path) = &args.history {
+            let path = if sweep {
+                format!("{path}.{seed}")
+            } else {
+                path.clone()
+            };
+            if let Err(error) = write_history(&path, &report.history) {
+                eprintln!("capkv sim: cannot write history to {path}: {error}");
+                return 2;
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    if sweep {
+        println!(
+            "{failed} failed; simulated {:.0}s in {:.1}s wall ({:.0}x real time)",
+            simulated_ms_total as f64 / 1000.0,
+            wall,
+            simulated_ms_total as f64 / 1000.0 / wall.max(1e-9)
+        );
+    }
+    u8::from(failed > 0)
+}
+
+fn write_history(path: &str, history: &[capkv_check::Event]) -> std::io::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for event in history {
+        serde_json::to_writer(&mut file, event)?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_seed_ranges_parse() {
+        assert_eq!(parse_duration_ms("60s"), Ok(60_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert!(parse_duration_ms("fast").is_err());
+        assert!(parse_duration_ms("5h").is_err());
+        assert_eq!(parse_seeds("1..500"), Ok((1, 500)));
+        assert!(parse_seeds("5..1").is_err());
+        assert!(parse_seeds("x").is_err());
+        assert!(parse_bugs(&["nope".into()]).is_err());
+    }
+}
