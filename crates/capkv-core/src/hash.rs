@@ -30,9 +30,13 @@ impl StableHasher {
         }
     }
 
-    /// Mixes a number into the hash (little-endian bytes).
+    /// Mixes a number into the hash in one step (a 64-bit FNV-style round
+    /// over the whole word, then a rotation so that high bits reach low
+    /// ones). Not byte-wise FNV, but just as fixed forever.
     pub fn write_u64(&mut self, value: u64) {
-        self.write(&value.to_le_bytes());
+        self.state = (self.state ^ value)
+            .wrapping_mul(0x0000_0100_0000_01B3)
+            .rotate_left(29);
     }
 
     /// The hash of everything written so far.

@@ -6,7 +6,8 @@ mod harness;
 
 use capkv_core::{GroupId, LogIndex, NodeId, Rng, Term};
 use capkv_raft::{
-    Config, ConfigError, HardState, Message, MessageBody, ProgressState, RaftError, Role,
+    Config, ConfigError, DeliberateBugs, HardState, Message, MessageBody, ProgressState, RaftError,
+    Role,
 };
 use harness::{entries_with_terms, Cluster, GROUP};
 
@@ -614,6 +615,54 @@ fn section_6_4_read_before_first_commit_of_leader_term_waits_for_it() {
     );
 }
 
+/// A 3-node cluster whose leader n1 is cut off while n2 and n3 elect n2 and
+/// commit a write; CheckQuorum is off so n1 still believes it leads. Returns
+/// whether n1 released a read asked after that write committed.
+fn stale_leader_read_released(read_skips_quorum: bool) -> bool {
+    let mut cluster = Cluster::new(3, |config| {
+        config.check_quorum = false;
+        config.bugs.read_skips_quorum = read_skips_quorum;
+    });
+    cluster.campaign(N1);
+    assert_eq!(cluster.agreed_leader().map(|(id, _)| id), Some(N1));
+    cluster.isolate(N1);
+    cluster.start_campaign(N2);
+    cluster.stabilize();
+    assert_eq!(
+        cluster.agreed_leader_among(&[N2, N3]).map(|(id, _)| id),
+        Some(N2)
+    );
+    cluster.propose(N2, b"write").expect("n2 leads");
+    cluster.stabilize();
+    assert_eq!(
+        cluster.raft(N1).role(),
+        Role::Leader,
+        "n1 still believes it leads"
+    );
+    cluster.read_index(N1, 5).expect("n1 accepts the read");
+    cluster.tick_all(4 * ELECTION_TIMEOUT_TICKS);
+    !cluster.node(N1).read_states.is_empty()
+}
+
+/// Thesis §6.4: without the heartbeat round "a leader that has been deposed could serve stale data"; with it, it serves nothing.
+#[test]
+fn section_6_4_deposed_leader_serves_no_read_that_misses_a_newer_write() {
+    assert!(!stale_leader_read_released(false));
+    // With the round skipped the deposed leader answers at once, below the
+    // new leader's commit index, and the harness's linearizability check
+    // must catch it.
+    let outcome = std::panic::catch_unwind(|| stale_leader_read_released(true));
+    let message = outcome.expect_err("the harness must catch the stale read");
+    let text = message
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .unwrap_or_default();
+    assert!(
+        text.contains("linearizable reads"),
+        "unexpected failure: {text}"
+    );
+}
+
 // ----- thesis §3.10 leadership transfer -----
 
 /// Thesis §3.10: the leader sends TimeoutNow to a caught-up target, which "starts an election immediately" and wins the next term.
@@ -788,49 +837,69 @@ fn config_validate_rejects_contradicting_settings() {
 
 // ----- randomized faults -----
 
-const RANDOM_SEEDS: u64 = 200;
+/// Seeds of the randomized run; `CAPKV_RAFT_SEEDS=first..last` widens it when
+/// hunting (`cargo test -p capkv-raft random -- --nocapture`).
+fn random_seeds() -> std::ops::Range<u64> {
+    let Ok(range) = std::env::var("CAPKV_RAFT_SEEDS") else {
+        return 1..201;
+    };
+    let (first, last) = range
+        .split_once("..")
+        .expect("CAPKV_RAFT_SEEDS=first..last");
+    first.parse().expect("first seed")..last.parse().expect("last seed")
+}
 
 /// One randomized run: drops, delays and reorders messages, cuts links,
 /// crashes nodes and compacts logs while proposing; then heals and requires
 /// a proposal to commit everywhere. The harness checks safety throughout.
-fn random_faults_run(seed: u64) {
+fn random_faults_run(seed: u64, bugs: DeliberateBugs) {
     let mut rng = Rng::new(seed);
     let count = if seed % 2 == 0 { 3 } else { 5 };
+    let append_entries_max = rng.range(1, 4) as usize;
     let mut cluster = Cluster::new(count, |config| {
         config.seed = seed;
         config.inflight_messages_max = 4;
-        config.append_entries_max = 3;
+        config.append_entries_max = append_entries_max;
         config.pre_vote = seed % 3 != 0;
         config.check_quorum = seed % 5 != 0;
+        config.bugs = bugs;
     });
     let drop_probability = rng.range(0, 30) as f64 / 100.0;
-    cluster.enable_faults(rng.next_u64(), drop_probability, 0.2, 6);
+    cluster.enable_faults(rng.next_u64(), drop_probability, 0.2, 6, 0.05);
     let ids = cluster.ids();
     let mut proposals = 0;
-    for _ in 0..150 {
+    for step in 0..150 {
+        let id = ids[rng.range(0, count) as usize];
         match rng.range(0, 100) {
-            0..=59 => cluster.tick_all(1),
-            60..=84 => {
+            0..=49 => cluster.tick_all(1),
+            50..=67 => {
+                // On any node that believes it leads, stale or not, so that
+                // logs diverge as in figure 7.
+                if cluster
+                    .propose(id, format!("p{proposals}").as_bytes())
+                    .is_ok()
+                {
+                    proposals += 1;
+                }
+            }
+            68..=74 => {
+                let _ = cluster.read_index(id, step);
+            }
+            75..=76 => {
                 if let Some(leader) = cluster.leader() {
-                    if cluster
-                        .propose(leader, format!("p{proposals}").as_bytes())
-                        .is_ok()
-                    {
-                        proposals += 1;
-                    }
+                    let _ = cluster.transfer_leader(leader, id);
                 }
             }
-            85..=89 => {
-                let from = ids[rng.range(0, count) as usize];
+            77..=81 => {
                 let to = ids[rng.range(0, count) as usize];
-                if from != to {
-                    cluster.cut(from, to);
+                if id != to {
+                    cluster.cut(id, to);
                 }
             }
-            90..=93 => cluster.heal_all(),
-            94..=96 => cluster.crash_restart(ids[rng.range(0, count) as usize]),
+            82..=85 => cluster.isolate(id),
+            86..=89 => cluster.heal_all(),
+            90..=93 => cluster.crash_restart(id),
             _ => {
-                let id = ids[rng.range(0, count) as usize];
                 let applied = cluster.node(id).applied.len() as u64;
                 if applied > cluster.raft(id).log().snapshot_index().0 {
                     cluster.compact(id, LogIndex(applied));
@@ -862,11 +931,24 @@ fn random_faults_run(seed: u64) {
 /// §5.2 Election Safety and §5.4.3 State Machine Safety under random message loss, delay and reordering, cut links, crashes and compaction.
 #[test]
 fn section_5_4_3_safety_holds_under_random_message_loss_and_reordering() {
-    for seed in 1..=RANDOM_SEEDS {
-        let outcome = std::panic::catch_unwind(|| random_faults_run(seed));
+    for seed in random_seeds() {
+        let outcome =
+            std::panic::catch_unwind(|| random_faults_run(seed, DeliberateBugs::default()));
         if let Err(panic) = outcome {
             eprintln!("random faults: seed {seed} failed; replay with random_faults_run({seed})");
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// STYLE §9 "a checker ships with histories that must fail it": with §5.4.1 switched off, some random history elects a leader missing a committed entry.
+#[test]
+fn section_5_4_1_random_faults_checker_catches_votes_that_ignore_the_log() {
+    let bugs = DeliberateBugs {
+        vote_ignores_log: true,
+        ..DeliberateBugs::default()
+    };
+    let caught = random_seeds()
+        .any(|seed| std::panic::catch_unwind(|| random_faults_run(seed, bugs)).is_err());
+    assert!(caught, "no seed caught votes that ignore the log");
 }

@@ -51,27 +51,13 @@ enum HealKind {
     Skew,
 }
 
+/// A queue entry: small, so that heap operations move 24 bytes rather than
+/// whole messages. The action itself waits in a slab.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Scheduled {
     at: Micros,
     seq: u64,
-    action: Action,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
+    slot: usize,
 }
 
 /// An input waiting for a node that is busy (its turn's fsync is in flight)
@@ -155,6 +141,9 @@ pub struct Simulation {
     config: SimConfig,
     now: Micros,
     queue: BinaryHeap<Reverse<Scheduled>>,
+    /// Actions by slot; `None` once taken. Freed slots are reused.
+    actions: Vec<Option<Action>>,
+    free_slots: Vec<usize>,
     seq: u64,
     rng: Rng,
     nodes: Vec<SimNode>,
@@ -220,6 +209,8 @@ impl Simulation {
         let mut sim = Simulation {
             now: 0,
             queue: BinaryHeap::new(),
+            actions: Vec::new(),
+            free_slots: Vec::new(),
             seq: 0,
             rng,
             nodes,
@@ -256,10 +247,20 @@ impl Simulation {
 
     fn schedule(&mut self, delay: Micros, action: Action) {
         self.seq += 1;
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.actions[slot] = Some(action);
+                slot
+            }
+            None => {
+                self.actions.push(Some(action));
+                self.actions.len() - 1
+            }
+        };
         self.queue.push(Reverse(Scheduled {
             at: self.now + delay,
             seq: self.seq,
-            action,
+            slot,
         }));
     }
 
@@ -296,7 +297,11 @@ impl Simulation {
             self.events += 1;
             self.trace.write_u64(next.at);
             self.trace.write_u64(next.seq);
-            self.handle(next.action);
+            let action = self.actions[next.slot]
+                .take()
+                .expect("every queued slot holds an action");
+            self.free_slots.push(next.slot);
+            self.handle(action);
         }
         self.finish()
     }

@@ -22,6 +22,9 @@ mod mem;
 
 pub use mem::MemStorage;
 
+/// Key-value pairs returned by a scan, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A named keyspace. The set of keyspaces is fixed at compile time so that a
 /// disk engine can open them all at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -152,7 +155,7 @@ pub trait Storage {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    ) -> Result<Pairs, StorageError>;
 
     /// Applies `batch` atomically (not yet durable).
     fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError>;

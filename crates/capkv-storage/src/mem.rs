@@ -1,4 +1,4 @@
-use crate::{Keyspace, Storage, StorageError, WriteBatch, WriteOp};
+use crate::{Keyspace, Pairs, Storage, StorageError, WriteBatch, WriteOp};
 use std::collections::BTreeMap;
 
 type Map = BTreeMap<(Keyspace, Vec<u8>), Vec<u8>>;
@@ -88,7 +88,7 @@ impl Storage for MemStorage {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Pairs, StorageError> {
         if start >= end {
             return Ok(Vec::new());
         }

@@ -234,6 +234,7 @@ struct Faults {
     drop_probability: f64,
     delay_probability: f64,
     delay_ticks_max: u64,
+    duplicate_probability: f64,
 }
 
 /// A message on the wire.
@@ -264,6 +265,10 @@ pub struct Cluster {
     /// Every entry any node applied, by index (§5.4.3 State Machine Safety:
     /// no node ever applies a different entry at the same index).
     pub applied_by_index: BTreeMap<LogIndex, Entry>,
+    /// For each read asked of a node, by `(node, context)`: the highest
+    /// commit index any node knew when it was asked. A linearizable read
+    /// index is at least that (thesis §6.4).
+    read_index_min: BTreeMap<(NodeId, u64), LogIndex>,
 }
 
 /// Entries `1..` with the given terms, for restoring logs directly.
@@ -320,6 +325,7 @@ impl Cluster {
             faults: None,
             leader_by_term: BTreeMap::new(),
             applied_by_index: BTreeMap::new(),
+            read_index_min: BTreeMap::new(),
         }
     }
 
@@ -444,19 +450,22 @@ impl Cluster {
 
     /// From now on the network drops each message with `drop_probability`,
     /// delays it by up to `delay_ticks_max` ticks with `delay_probability`,
-    /// and delivers each round's messages in a random order.
+    /// also delivers a delayed copy with `duplicate_probability`, and
+    /// delivers each round's messages in a random order.
     pub fn enable_faults(
         &mut self,
         seed: u64,
         drop_probability: f64,
         delay_probability: f64,
         delay_ticks_max: u64,
+        duplicate_probability: f64,
     ) {
         self.faults = Some(Faults {
             rng: Rng::new(seed),
             drop_probability,
             delay_probability,
             delay_ticks_max,
+            duplicate_probability,
         });
     }
 
@@ -474,6 +483,13 @@ impl Cluster {
 
     /// Asks `id` for a ReadIndex read tagged `context`.
     pub fn read_index(&mut self, id: NodeId, context: u64) -> Result<(), RaftError> {
+        let commit_known = self
+            .nodes
+            .values()
+            .map(|node| node.raft.commit_index())
+            .max()
+            .unwrap_or_default();
+        self.read_index_min.insert((id, context), commit_known);
         self.raft_mut(id).read_index(context)
     }
 
@@ -660,6 +676,9 @@ impl Cluster {
                 self.record_applied(id, &entry);
             }
         }
+        for read in &ready.read_states {
+            self.check_read_linearizable(id, read);
+        }
         let now = self.now_ticks;
         for message in ready.messages {
             assert_eq!(message.from, id, "{id} sent a message as someone else");
@@ -684,6 +703,13 @@ impl Cluster {
         };
         let mut out = Vec::new();
         for in_flight in due {
+            if faults.rng.chance(faults.duplicate_probability) {
+                let delay = faults.rng.range(0, faults.delay_ticks_max + 1);
+                self.network.push(InFlight {
+                    deliver_at_tick: now + delay,
+                    message: in_flight.message.clone(),
+                });
+            }
             if faults.rng.chance(faults.drop_probability) {
                 self.dropped_count += 1;
             } else if faults.rng.chance(faults.delay_probability) {
@@ -748,6 +774,23 @@ impl Cluster {
                 self.node(id).raft.term()
             );
         }
+    }
+
+    /// Thesis §6.4: a read served at `read.index` sees every write committed
+    /// before it was asked; a read index below a commit index some node
+    /// already knew then would return stale data.
+    fn check_read_linearizable(&self, id: NodeId, read: &ReadState) {
+        let Some(minimum) = self.read_index_min.get(&(id, read.context)) else {
+            panic!("{id} released read {} that nobody asked for", read.context);
+        };
+        assert!(
+            read.index >= *minimum,
+            "{id} released read {} at {} but {} was already committed when it was asked \
+             (thesis §6.4 linearizable reads)",
+            read.context,
+            read.index,
+            minimum
+        );
     }
 
     fn record_applied(&mut self, id: NodeId, entry: &Entry) {
