@@ -302,7 +302,7 @@ fn section_5_3_conflicting_follower_log_is_repaired_with_few_rejections() {
         })
         .count();
     assert!(
-        (1..=4).contains(&rejections),
+        rejections == 3,
         "{rejections} rejections for a follower 100 entries behind"
     );
     let leader_log = cluster.raft(N1).log().range(LogIndex(1), LogIndex(131));
@@ -854,14 +854,16 @@ fn random_seeds() -> std::ops::Range<u64> {
 /// a proposal to commit everywhere. The harness checks safety throughout.
 fn random_faults_run(seed: u64, bugs: DeliberateBugs) {
     let mut rng = Rng::new(seed);
-    let count = if seed % 2 == 0 { 3 } else { 5 };
+    let count = if rng.chance(0.5) { 3 } else { 5 };
     let append_entries_max = rng.range(1, 4) as usize;
+    let pre_vote = rng.chance(0.7);
+    let check_quorum = rng.chance(0.8);
     let mut cluster = Cluster::new(count, |config| {
         config.seed = seed;
         config.inflight_messages_max = 4;
         config.append_entries_max = append_entries_max;
-        config.pre_vote = seed % 3 != 0;
-        config.check_quorum = seed % 5 != 0;
+        config.pre_vote = pre_vote;
+        config.check_quorum = check_quorum;
         config.bugs = bugs;
     });
     let drop_probability = rng.range(0, 30) as f64 / 100.0;
