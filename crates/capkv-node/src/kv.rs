@@ -1,6 +1,34 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// How a bucket trades consistency for availability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BucketMode {
+    /// Raft-replicated, linearizable; a minority side refuses.
+    Cp,
+    /// Dynamo-style, available on both sides of a partition (issue 4).
+    Ap,
+}
+
+impl BucketMode {
+    /// The name used on the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BucketMode::Cp => "cp",
+            BucketMode::Ap => "ap",
+        }
+    }
+}
+
+/// A bucket's settings, replicated through Raft like any command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketSpec {
+    /// cp or ap.
+    pub mode: BucketMode,
+    /// Copies of each key (the Raft group's size for cp buckets).
+    pub replicas: u8,
+}
+
 /// What a compare-and-set compares against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expected {
@@ -13,8 +41,17 @@ pub enum Expected {
 /// A command replicated through Raft and applied to [`KvState`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// Create a bucket; idempotent when the spec is the same.
+    CreateBucket {
+        /// Its name.
+        name: String,
+        /// Its settings.
+        spec: BucketSpec,
+    },
     /// Set a key.
     Put {
+        /// The bucket.
+        bucket: String,
         /// The key.
         key: String,
         /// The new value.
@@ -22,11 +59,15 @@ pub enum Command {
     },
     /// Remove a key.
     Delete {
+        /// The bucket.
+        bucket: String,
         /// The key.
         key: String,
     },
     /// Set (or remove, with `value: None`) a key only if it matches.
     Cas {
+        /// The bucket.
+        bucket: String,
         /// The key.
         key: String,
         /// What it must currently be.
@@ -34,6 +75,19 @@ pub enum Command {
         /// What it becomes; `None` deletes it.
         value: Option<Vec<u8>>,
     },
+}
+
+impl Command {
+    /// The bucket and key a data command touches (`None` for bucket
+    /// commands).
+    pub fn target(&self) -> Option<(&str, &str)> {
+        match self {
+            Command::CreateBucket { .. } => None,
+            Command::Put { bucket, key, .. }
+            | Command::Delete { bucket, key }
+            | Command::Cas { bucket, key, .. } => Some((bucket, key)),
+        }
+    }
 }
 
 /// A stored value and the log index that wrote it.
@@ -46,7 +100,7 @@ pub struct Versioned {
 }
 
 /// The result of applying one command.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     /// The key now has this version.
     Written {
@@ -63,12 +117,31 @@ pub enum Applied {
         /// The key's current version (0 when absent).
         current_version: u64,
     },
+    /// The bucket exists with this spec (created now or before).
+    BucketReady {
+        /// True when this command created it.
+        created: bool,
+    },
+    /// The bucket exists with another spec; nothing changed.
+    BucketConflict {
+        /// The spec it has.
+        existing: BucketSpec,
+    },
+    /// The command named a bucket that does not exist; nothing changed.
+    BucketNotFound,
 }
 
-/// The replicated key-value state machine.
+/// Everything a snapshot holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Image {
+    buckets: BTreeMap<String, BucketSpec>,
+    entries: BTreeMap<(String, String), Versioned>,
+}
+
+/// The replicated key-value state machine: buckets and their keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvState {
-    entries: BTreeMap<String, Versioned>,
+    image: Image,
 }
 
 impl KvState {
@@ -77,27 +150,59 @@ impl KvState {
         KvState::default()
     }
 
-    /// The value of `key`, if present.
-    pub fn get(&self, key: &str) -> Option<&Versioned> {
-        self.entries.get(key)
+    /// The value of `key` in `bucket`, if present.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<&Versioned> {
+        self.image
+            .entries
+            .get(&(bucket.to_string(), key.to_string()))
     }
 
-    /// Number of keys.
+    /// A bucket's spec, if it exists.
+    pub fn bucket(&self, name: &str) -> Option<&BucketSpec> {
+        self.image.buckets.get(name)
+    }
+
+    /// Every bucket, by name.
+    pub fn buckets(&self) -> &BTreeMap<String, BucketSpec> {
+        &self.image.buckets
+    }
+
+    /// Number of keys over all buckets.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.image.entries.len()
     }
 
     /// True when there are no keys.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.image.entries.is_empty()
     }
 
     /// Applies `command`, committed at log index `index`.
     pub fn apply(&mut self, index: u64, command: Command) -> Applied {
+        if let Command::CreateBucket { name, spec } = command {
+            return match self.image.buckets.get(&name) {
+                Some(existing) if *existing == spec => Applied::BucketReady { created: false },
+                Some(existing) => Applied::BucketConflict {
+                    existing: existing.clone(),
+                },
+                None => {
+                    self.image.buckets.insert(name, spec);
+                    Applied::BucketReady { created: true }
+                }
+            };
+        }
+        let Some((bucket, key)) = command.target() else {
+            return Applied::BucketNotFound;
+        };
+        if !self.image.buckets.contains_key(bucket) {
+            return Applied::BucketNotFound;
+        }
+        let slot = (bucket.to_string(), key.to_string());
         match command {
-            Command::Put { key, value } => {
-                self.entries.insert(
-                    key,
+            Command::CreateBucket { .. } => Applied::BucketNotFound,
+            Command::Put { value, .. } => {
+                self.image.entries.insert(
+                    slot,
                     Versioned {
                         value,
                         version: index,
@@ -105,15 +210,13 @@ impl KvState {
                 );
                 Applied::Written { version: index }
             }
-            Command::Delete { key } => Applied::Deleted {
-                existed: self.entries.remove(&key).is_some(),
+            Command::Delete { .. } => Applied::Deleted {
+                existed: self.image.entries.remove(&slot).is_some(),
             },
             Command::Cas {
-                key,
-                expected,
-                value,
+                expected, value, ..
             } => {
-                let current = self.entries.get(&key);
+                let current = self.image.entries.get(&slot);
                 let matches = match (&expected, current) {
                     (Expected::Version(0), None) => true,
                     (Expected::Version(v), Some(c)) => c.version == *v,
@@ -129,8 +232,8 @@ impl KvState {
                 }
                 match value {
                     Some(value) => {
-                        self.entries.insert(
-                            key,
+                        self.image.entries.insert(
+                            slot,
                             Versioned {
                                 value,
                                 version: index,
@@ -139,7 +242,7 @@ impl KvState {
                         Applied::Written { version: index }
                     }
                     None => Applied::Deleted {
-                        existed: self.entries.remove(&key).is_some(),
+                        existed: self.image.entries.remove(&slot).is_some(),
                     },
                 }
             }
@@ -148,7 +251,7 @@ impl KvState {
 
     /// Serialises the whole state for a snapshot.
     pub fn to_snapshot(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.entries).expect("a BTreeMap of strings and bytes serialises")
+        postcard::to_allocvec(&self.image).expect("maps of strings and bytes serialise")
     }
 
     /// Restores a state from snapshot bytes.
@@ -157,14 +260,20 @@ impl KvState {
             return Ok(KvState::new());
         }
         Ok(KvState {
-            entries: postcard::from_bytes(bytes)?,
+            image: postcard::from_bytes(bytes)?,
         })
     }
 
     /// A hash of the whole state, to compare replicas cheaply.
     pub fn digest(&self) -> u64 {
         let mut hasher = capkv_core::StableHasher::new();
-        for (key, versioned) in &self.entries {
+        for (name, spec) in &self.image.buckets {
+            hasher.write(name.as_bytes());
+            hasher.write(spec.mode.as_str().as_bytes());
+            hasher.write_u64(u64::from(spec.replicas));
+        }
+        for ((bucket, key), versioned) in &self.image.entries {
+            hasher.write(bucket.as_bytes());
             hasher.write(key.as_bytes());
             hasher.write_u64(versioned.version);
             hasher.write(&versioned.value);
@@ -177,10 +286,57 @@ impl KvState {
 mod tests {
     use super::*;
 
+    fn cp() -> BucketSpec {
+        BucketSpec {
+            mode: BucketMode::Cp,
+            replicas: 3,
+        }
+    }
+
+    #[test]
+    fn buckets_are_created_once_and_guard_their_keys() {
+        let mut kv = KvState::new();
+        let put = Command::Put {
+            bucket: "b".into(),
+            key: "k".into(),
+            value: b"v".to_vec(),
+        };
+        assert_eq!(kv.apply(1, put.clone()), Applied::BucketNotFound);
+        let create = Command::CreateBucket {
+            name: "b".into(),
+            spec: cp(),
+        };
+        assert_eq!(
+            kv.apply(2, create.clone()),
+            Applied::BucketReady { created: true }
+        );
+        assert_eq!(kv.apply(3, create), Applied::BucketReady { created: false });
+        let other = Command::CreateBucket {
+            name: "b".into(),
+            spec: BucketSpec {
+                mode: BucketMode::Ap,
+                replicas: 3,
+            },
+        };
+        assert_eq!(
+            kv.apply(4, other),
+            Applied::BucketConflict { existing: cp() }
+        );
+        assert_eq!(kv.apply(5, put), Applied::Written { version: 5 });
+    }
+
     #[test]
     fn cas_on_version_and_value() {
         let mut kv = KvState::new();
+        kv.apply(
+            1,
+            Command::CreateBucket {
+                name: "b".into(),
+                spec: cp(),
+            },
+        );
         let put_if_absent = Command::Cas {
+            bucket: "b".into(),
             key: "k".into(),
             expected: Expected::Version(0),
             value: Some(b"a".to_vec()),
@@ -194,6 +350,7 @@ mod tests {
             Applied::CasFailed { current_version: 5 }
         );
         let swap = Command::Cas {
+            bucket: "b".into(),
             key: "k".into(),
             expected: Expected::Value(Some(b"a".to_vec())),
             value: Some(b"b".to_vec()),

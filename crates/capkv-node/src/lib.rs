@@ -2,9 +2,9 @@
 //!
 //! What it is: the piece between the protocol cores and a driver. A [`Node`]
 //! hosts a Raft group, turns client [`Request`]s into proposals and ReadIndex
-//! reads, applies committed [`Command`]s to its [`KvState`] (put, delete,
-//! compare-and-set on version or value, every value carrying the log index
-//! that last wrote it), takes snapshots to bound the log, and answers
+//! reads, applies committed [`Command`]s to its [`KvState`] (bucket creation,
+//! put, delete, compare-and-set on version or value, every value carrying the
+//! log index that last wrote it), takes snapshots to bound the log, and answers
 //! requests. It does no I/O: the simulator and the tokio server both drive it.
 //!
 //! # Driver contract
@@ -23,8 +23,12 @@
 //! Layout: `node.rs` (the node), `kv.rs` (commands and the state machine),
 //! `persist.rs` (the key layout of durable state).
 //!
-//! What it does not do: forwarding to the leader, buckets, ap replication and
-//! transactions (later issues); it answers `NotLeader` with a hint instead.
+//! Followers forward writes and linearizable reads to the leader they know
+//! ([`PeerMessage::Forward`], one hop, bounded by `forwards_max`); stale reads
+//! are served from local state. Buckets are created by a replicated command,
+//! so a write and the bucket it needs are ordered by the log.
+//!
+//! What it does not do: ap replication and transactions (later issues).
 
 #![warn(missing_docs)]
 
@@ -32,8 +36,8 @@ mod kv;
 mod node;
 pub mod persist;
 
-pub use kv::{Applied, Command, Expected, KvState, Versioned};
+pub use kv::{Applied, BucketMode, BucketSpec, Command, Expected, KvState, Versioned};
 pub use node::{
-    Node, NodeConfig, NodeError, NodeEvent, NodeReady, ReadConsistency, Request, RequestError,
-    Response,
+    Node, NodeConfig, NodeError, NodeEvent, NodeReady, PeerMessage, ReadConsistency, Request,
+    RequestError, Response,
 };

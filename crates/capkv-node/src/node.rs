@@ -5,10 +5,11 @@ use capkv_raft::{
     Config as RaftConfig, EntryKind, Message, Raft, RaftError, Role, Snapshot, SnapshotMeta,
 };
 use capkv_storage::{Storage, StorageError, WriteBatch};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// How a read is served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadConsistency {
     /// ReadIndex through the leader: sees every write acknowledged before the
     /// read started.
@@ -18,12 +19,14 @@ pub enum ReadConsistency {
 }
 
 /// A client request to a node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Replicate a command.
     Write(Command),
     /// Read one key.
     Read {
+        /// The bucket.
+        bucket: String,
         /// The key.
         key: String,
         /// How fresh the answer must be.
@@ -34,9 +37,9 @@ pub enum Request {
 /// Why a request failed. Each is definite: the request did not and will not
 /// take effect (uncertain outcomes are never answered; the driver's deadline
 /// turns them into timeouts).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum RequestError {
-    /// This node does not lead; `leader` is who does, if known.
+    /// No leader is known, or the known one is unreachable through this node.
     #[error("not the leader (leader: {leader:?})")]
     NotLeader {
         /// The known leader.
@@ -44,18 +47,21 @@ pub enum RequestError {
     },
     /// The node is overloaded or transferring leadership: retry later.
     #[error("busy: {0}")]
-    Busy(&'static str),
+    Busy(String),
     /// The proposal was overwritten by another leader's entry: it will never
     /// commit.
     #[error("proposal dropped by a leader change")]
     Dropped,
     /// The request is malformed.
     #[error("invalid request: {0}")]
-    Invalid(&'static str),
+    Invalid(String),
+    /// The bucket does not exist.
+    #[error("bucket not found")]
+    BucketNotFound,
 }
 
 /// The answer to a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// A write was committed and applied with this outcome.
     Applied(Applied),
@@ -63,6 +69,38 @@ pub enum Response {
     Value(Option<Versioned>),
     /// The request failed definitely.
     Failed(RequestError),
+}
+
+/// What nodes say to each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// Raft traffic.
+    Raft(Message),
+    /// A follower hands a client request to the leader.
+    Forward {
+        /// The follower's id for it.
+        forward_id: u64,
+        /// The request.
+        request: Request,
+    },
+    /// The leader's answer to a forwarded request.
+    Forwarded {
+        /// The follower's id for it.
+        forward_id: u64,
+        /// The answer.
+        response: Response,
+    },
+}
+
+impl PeerMessage {
+    /// A short name for timelines and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerMessage::Raft(message) => message.body.name(),
+            PeerMessage::Forward { .. } => "Forward",
+            PeerMessage::Forwarded { .. } => "Forwarded",
+        }
+    }
 }
 
 /// Something that happened inside the node, for timelines and invariant
@@ -80,6 +118,16 @@ pub enum NodeEvent {
         /// Known leader.
         leader: Option<NodeId>,
     },
+    /// Entries `first..=last` were appended to the log (replacing any at
+    /// those indexes).
+    LogAppended {
+        /// The group.
+        group: GroupId,
+        /// First appended index.
+        first: LogIndex,
+        /// Last appended index.
+        last: LogIndex,
+    },
     /// An entry was applied to the state machine.
     Applied {
         /// The group.
@@ -90,16 +138,6 @@ pub enum NodeEvent {
         term: Term,
         /// A hash of its bytes.
         data_hash: u64,
-    },
-    /// Entries `first..=last` were appended to the log (replacing any at
-    /// those indexes).
-    LogAppended {
-        /// The group.
-        group: GroupId,
-        /// First appended index.
-        first: LogIndex,
-        /// Last appended index.
-        last: LogIndex,
     },
     /// A snapshot from the leader was installed.
     SnapshotInstalled {
@@ -121,8 +159,15 @@ pub struct NodeConfig {
     pub snapshot_interval_entries: u64,
     /// Most key bytes accepted.
     pub key_bytes_max: usize,
+    /// Most bucket-name bytes accepted.
+    pub bucket_bytes_max: usize,
     /// Most value bytes accepted.
     pub value_bytes_max: usize,
+    /// Most requests this node has forwarded and not yet heard back about.
+    pub forwards_max: usize,
+    /// A forwarded request not answered within this many ticks is forgotten
+    /// (its client's deadline has long passed).
+    pub forward_timeout_ticks: u64,
 }
 
 impl NodeConfig {
@@ -133,7 +178,10 @@ impl NodeConfig {
             raft: RaftConfig::new(id, GroupId(0), voters, seed),
             snapshot_interval_entries: 10_000,
             key_bytes_max: 1024,
+            bucket_bytes_max: 128,
             value_bytes_max: 1 << 20,
+            forwards_max: 10_000,
+            forward_timeout_ticks: 3_000,
         }
     }
 }
@@ -156,9 +204,9 @@ pub enum NodeError {
 pub struct NodeReady {
     /// Durable state to write and sync first.
     pub batch: WriteBatch,
-    /// Messages to peers, after the sync.
-    pub messages: Vec<Message>,
-    /// Answers to requests, after the sync, by request id.
+    /// Messages to peers (destination, message), after the sync.
+    pub messages: Vec<(NodeId, PeerMessage)>,
+    /// Answers to the driver's requests, after the sync, by request id.
     pub responses: Vec<(u64, Response)>,
     /// What happened, for observers.
     pub events: Vec<NodeEvent>,
@@ -174,11 +222,26 @@ impl NodeReady {
     }
 }
 
+/// Who is waiting for an answer: the driver's client, or a follower that
+/// forwarded its client's request here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Requester {
+    Local(u64),
+    Remote { node: NodeId, forward_id: u64 },
+}
+
 /// A proposal waiting for its entry to apply.
 #[derive(Clone, Copy, Debug)]
 struct PendingWrite {
-    request_id: u64,
+    requester: Requester,
     term: Term,
+}
+
+/// A request this node forwarded to the leader.
+#[derive(Clone, Copy, Debug)]
+struct Forwarded {
+    request_id: u64,
+    sent_tick: u64,
 }
 
 /// One capkv node: a Raft group and the key-value state it replicates.
@@ -188,12 +251,22 @@ pub struct Node {
     kv: KvState,
     /// Proposals by log index.
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
-    /// Linearizable reads waiting for ReadIndex confirmation, by request id.
-    pending_reads: BTreeMap<u64, String>,
+    /// Linearizable reads waiting for ReadIndex confirmation, by context.
+    pending_reads: BTreeMap<u64, (Requester, String, String)>,
     /// Confirmed reads waiting for the state machine to reach their index.
-    reads_awaiting_apply: Vec<(LogIndex, u64, String)>,
-    /// Answers produced since the last `ready` (failures found at once).
+    reads_awaiting_apply: Vec<(LogIndex, Requester, String, String)>,
+    /// Requests forwarded to the leader, by forward id.
+    forwarded: BTreeMap<u64, Forwarded>,
+    next_forward_id: u64,
+    /// Forward ids already served, per origin, so that a duplicated or
+    /// replayed `Forward` is never proposed twice.
+    forwards_seen: BTreeMap<NodeId, SeenIds>,
+    next_read_context: u64,
+    ticks: u64,
+    /// Answers and messages produced outside `ready` (failures found at
+    /// once, forwards), handed out by the next `ready`.
     responses: Vec<(u64, Response)>,
+    messages: Vec<(NodeId, PeerMessage)>,
     /// Index of the last snapshot taken or installed.
     snapshot_index: LogIndex,
     /// Index of the last entry applied to `kv` (Raft learns of it only at
@@ -226,7 +299,13 @@ impl Node {
             pending_writes: BTreeMap::new(),
             pending_reads: BTreeMap::new(),
             reads_awaiting_apply: Vec::new(),
+            forwarded: BTreeMap::new(),
+            next_forward_id: 1,
+            forwards_seen: BTreeMap::new(),
+            next_read_context: 1,
+            ticks: 0,
             responses: Vec::new(),
+            messages: Vec::new(),
             snapshot_index,
             applied: snapshot_index,
         })
@@ -249,80 +328,208 @@ impl Node {
         &self.kv
     }
 
+    /// Index of the last entry applied to the key-value state.
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
     // ----- inputs -----
 
     /// One tick of time.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.raft.tick();
+        let horizon = self.ticks.saturating_sub(self.config.forward_timeout_ticks);
+        self.forwarded
+            .retain(|_, forwarded| forwarded.sent_tick >= horizon);
     }
 
-    /// A message from a peer. Messages for other groups or from strangers are
-    /// dropped: a peer is never trusted to be well-behaved.
-    pub fn handle_message(&mut self, message: Message) {
-        // Errors name a misdirected message; dropping it is the answer.
-        let _ = self.raft.step(message);
+    /// A message from peer `from`. A peer is never trusted to be
+    /// well-behaved: messages that name the wrong sender, group or request
+    /// are dropped.
+    pub fn handle_peer_message(&mut self, from: NodeId, message: PeerMessage) {
+        match message {
+            PeerMessage::Raft(message) => {
+                if message.from != from || message.to != self.config.id {
+                    return;
+                }
+                // Errors name a misdirected message; dropping it is the answer.
+                let _ = self.raft.step(message);
+            }
+            PeerMessage::Forward {
+                forward_id,
+                request,
+            } => {
+                if !self.raft.voters().contains(&from) || from == self.config.id {
+                    return;
+                }
+                let limit = self.config.forwards_max;
+                if !self
+                    .forwards_seen
+                    .entry(from)
+                    .or_default()
+                    .insert(forward_id, limit)
+                {
+                    return; // a duplicate: the first copy is answered
+                }
+                let requester = Requester::Remote {
+                    node: from,
+                    forward_id,
+                };
+                if self.raft.role() != Role::Leader && !is_stale_read(&request) {
+                    // One hop only: a forwarded request is never forwarded
+                    // again, so a stale leader hint cannot make a loop.
+                    let leader = self.raft.leader();
+                    self.respond(
+                        requester,
+                        Response::Failed(RequestError::NotLeader { leader }),
+                    );
+                    return;
+                }
+                self.serve(requester, request);
+            }
+            PeerMessage::Forwarded {
+                forward_id,
+                response,
+            } => {
+                if let Some(forwarded) = self.forwarded.remove(&forward_id) {
+                    self.responses.push((forwarded.request_id, response));
+                }
+            }
+        }
     }
 
     /// A client request, answered in a later `ready` under `request_id`.
+    /// A follower forwards writes and linearizable reads to the leader.
     pub fn handle_request(&mut self, request_id: u64, request: Request) {
         if let Err(error) = self.validate(&request) {
             self.responses.push((request_id, Response::Failed(error)));
             return;
         }
+        let leader = self.raft.leader();
+        let forward_to = match leader {
+            Some(leader) if leader != self.config.id && !is_stale_read(&request) => leader,
+            _ => {
+                self.serve(Requester::Local(request_id), request);
+                return;
+            }
+        };
+        if self.forwarded.len() >= self.config.forwards_max {
+            self.responses.push((
+                request_id,
+                Response::Failed(RequestError::Busy("too many forwarded requests".into())),
+            ));
+            return;
+        }
+        let forward_id = self.next_forward_id;
+        self.next_forward_id += 1;
+        self.forwarded.insert(
+            forward_id,
+            Forwarded {
+                request_id,
+                sent_tick: self.ticks,
+            },
+        );
+        self.messages.push((
+            forward_to,
+            PeerMessage::Forward {
+                forward_id,
+                request,
+            },
+        ));
+    }
+
+    fn serve(&mut self, requester: Requester, request: Request) {
         match request {
-            Request::Write(command) => self.propose(request_id, command),
+            Request::Write(command) => self.propose(requester, command),
             Request::Read {
+                bucket,
                 key,
                 consistency: ReadConsistency::Stale,
             } => {
-                let value = self.kv.get(&key).cloned();
-                self.responses.push((request_id, Response::Value(value)));
+                let response = self.read_now(&bucket, &key);
+                self.respond(requester, response);
             }
             Request::Read {
+                bucket,
                 key,
                 consistency: ReadConsistency::Linearizable,
-            } => match self.raft.read_index(request_id) {
-                Ok(()) => {
-                    self.pending_reads.insert(request_id, key);
+            } => {
+                let context = self.next_read_context;
+                self.next_read_context += 1;
+                match self.raft.read_index(context) {
+                    Ok(()) => {
+                        self.pending_reads.insert(context, (requester, bucket, key));
+                    }
+                    Err(error) => {
+                        self.respond(requester, Response::Failed(request_error(error)));
+                    }
                 }
-                Err(error) => self
-                    .responses
-                    .push((request_id, Response::Failed(request_error(error)))),
-            },
+            }
+        }
+    }
+
+    fn read_now(&self, bucket: &str, key: &str) -> Response {
+        if self.kv.bucket(bucket).is_none() {
+            return Response::Failed(RequestError::BucketNotFound);
+        }
+        Response::Value(self.kv.get(bucket, key).cloned())
+    }
+
+    fn respond(&mut self, requester: Requester, response: Response) {
+        match requester {
+            Requester::Local(request_id) => self.responses.push((request_id, response)),
+            Requester::Remote { node, forward_id } => self.messages.push((
+                node,
+                PeerMessage::Forwarded {
+                    forward_id,
+                    response,
+                },
+            )),
         }
     }
 
     fn validate(&self, request: &Request) -> Result<(), RequestError> {
-        let (key, value_bytes) = match request {
-            Request::Write(Command::Put { key, value }) => (key, value.len()),
-            Request::Write(Command::Delete { key }) => (key, 0),
-            Request::Write(Command::Cas { key, value, .. }) => {
-                (key, value.as_ref().map_or(0, Vec::len))
-            }
-            Request::Read { key, .. } => (key, 0),
+        let (bucket, key, value_bytes) = match request {
+            Request::Write(Command::CreateBucket { name, .. }) => (name, None, 0),
+            Request::Write(Command::Put { bucket, key, value }) => (bucket, Some(key), value.len()),
+            Request::Write(Command::Delete { bucket, key }) => (bucket, Some(key), 0),
+            Request::Write(Command::Cas {
+                bucket, key, value, ..
+            }) => (bucket, Some(key), value.as_ref().map_or(0, Vec::len)),
+            Request::Read { bucket, key, .. } => (bucket, Some(key), 0),
         };
-        if key.is_empty() {
-            return Err(RequestError::Invalid("empty key"));
+        if bucket.is_empty() || bucket.len() > self.config.bucket_bytes_max {
+            return Err(RequestError::Invalid(format!(
+                "bucket names are 1 to {} bytes",
+                self.config.bucket_bytes_max
+            )));
         }
-        if key.len() > self.config.key_bytes_max {
-            return Err(RequestError::Invalid("key too long"));
+        if let Some(key) = key {
+            if key.is_empty() || key.len() > self.config.key_bytes_max {
+                return Err(RequestError::Invalid(format!(
+                    "keys are 1 to {} bytes",
+                    self.config.key_bytes_max
+                )));
+            }
         }
         if value_bytes > self.config.value_bytes_max {
-            return Err(RequestError::Invalid("value too large"));
+            return Err(RequestError::Invalid(format!(
+                "values are at most {} bytes",
+                self.config.value_bytes_max
+            )));
         }
         Ok(())
     }
 
-    fn propose(&mut self, request_id: u64, command: Command) {
+    fn propose(&mut self, requester: Requester, command: Command) {
         let data = postcard::to_allocvec(&command).expect("commands serialise");
         match self.raft.propose(data) {
             Ok((index, term)) => {
                 self.pending_writes
-                    .insert(index, PendingWrite { request_id, term });
+                    .insert(index, PendingWrite { requester, term });
             }
-            Err(error) => self
-                .responses
-                .push((request_id, Response::Failed(request_error(error)))),
+            Err(error) => self.respond(requester, Response::Failed(request_error(error))),
         }
     }
 
@@ -335,7 +542,7 @@ impl Node {
 
     /// True when `ready` would hand out something.
     pub fn has_ready(&self) -> bool {
-        !self.responses.is_empty() || self.raft.has_ready()
+        !self.responses.is_empty() || !self.messages.is_empty() || self.raft.has_ready()
     }
 
     /// Runs the node's cores until they are quiet and returns what the
@@ -352,6 +559,7 @@ impl Node {
         }
         self.maybe_snapshot(&mut out.batch);
         out.responses.append(&mut self.responses);
+        out.messages.append(&mut self.messages);
         out
     }
 
@@ -374,7 +582,12 @@ impl Node {
             persist::write_hard_state(&mut out.batch, group, hard_state);
         }
         // Step 2: messages (the driver sends them after the sync).
-        out.messages.extend(ready.messages.iter().cloned());
+        out.messages.extend(
+            ready
+                .messages
+                .iter()
+                .map(|message| (message.to, PeerMessage::Raft(message.clone()))),
+        );
         if let Some(soft) = ready.soft_state {
             out.events.push(NodeEvent::RoleChanged {
                 group,
@@ -395,12 +608,12 @@ impl Node {
         }
         // Step 4: reads.
         for read in &ready.read_states {
-            if let Some(key) = self.pending_reads.remove(&read.context) {
+            if let Some((requester, bucket, key)) = self.pending_reads.remove(&read.context) {
                 self.reads_awaiting_apply
-                    .push((read.index, read.context, key));
+                    .push((read.index, requester, bucket, key));
             }
         }
-        self.serve_reads(out);
+        self.serve_reads();
         self.raft.advance(&ready);
     }
 
@@ -447,14 +660,6 @@ impl Node {
                 Err(_) => None,
             },
         };
-        let Some(pending) = self.pending_writes.remove(&entry.index) else {
-            return;
-        };
-        let response = match result {
-            Some(applied) if pending.term == entry.term => Response::Applied(applied),
-            _ => Response::Failed(RequestError::Dropped),
-        };
-        out.responses.push((pending.request_id, response));
         // Proposals below an applied index can no longer commit.
         let stale: Vec<LogIndex> = self
             .pending_writes
@@ -463,38 +668,51 @@ impl Node {
             .collect();
         for index in stale {
             if let Some(pending) = self.pending_writes.remove(&index) {
-                out.responses
-                    .push((pending.request_id, Response::Failed(RequestError::Dropped)));
+                self.respond(pending.requester, Response::Failed(RequestError::Dropped));
             }
         }
+        let Some(pending) = self.pending_writes.remove(&entry.index) else {
+            return;
+        };
+        let response = match result {
+            Some(applied) if pending.term == entry.term => match applied {
+                Applied::BucketNotFound => Response::Failed(RequestError::BucketNotFound),
+                applied => Response::Applied(applied),
+            },
+            _ => Response::Failed(RequestError::Dropped),
+        };
+        self.respond(pending.requester, response);
     }
 
-    fn serve_reads(&mut self, out: &mut NodeReady) {
+    fn serve_reads(&mut self) {
         let applied = self.applied;
-        let kv = &self.kv;
-        self.reads_awaiting_apply
-            .retain(|(index, request_id, key)| {
-                if *index > applied {
-                    return true;
-                }
-                out.responses
-                    .push((*request_id, Response::Value(kv.get(key).cloned())));
-                false
-            });
+        let mut ready = Vec::new();
+        self.reads_awaiting_apply.retain(|read| {
+            if read.0 > applied {
+                return true;
+            }
+            ready.push(read.clone());
+            false
+        });
+        for (_, requester, bucket, key) in ready {
+            let response = self.read_now(&bucket, &key);
+            self.respond(requester, response);
+        }
     }
 
     fn fail_pending_reads(&mut self, leader: Option<NodeId>) {
-        for (request_id, _) in std::mem::take(&mut self.pending_reads) {
-            self.responses.push((
-                request_id,
-                Response::Failed(RequestError::NotLeader { leader }),
-            ));
-        }
-        for (_, request_id, _) in std::mem::take(&mut self.reads_awaiting_apply) {
-            self.responses.push((
-                request_id,
-                Response::Failed(RequestError::NotLeader { leader }),
-            ));
+        let failure = Response::Failed(RequestError::NotLeader { leader });
+        let waiting: Vec<Requester> = std::mem::take(&mut self.pending_reads)
+            .into_values()
+            .map(|(requester, _, _)| requester)
+            .chain(
+                std::mem::take(&mut self.reads_awaiting_apply)
+                    .into_iter()
+                    .map(|(_, requester, _, _)| requester),
+            )
+            .collect();
+        for requester in waiting {
+            self.respond(requester, failure.clone());
         }
     }
 
@@ -519,13 +737,48 @@ impl Node {
     }
 }
 
+/// A bounded set of ids seen from one origin: ids at or below `floor` count
+/// as seen, so memory stays bounded while old duplicates are still refused.
+#[derive(Debug, Default)]
+struct SeenIds {
+    floor: u64,
+    ids: std::collections::BTreeSet<u64>,
+}
+
+impl SeenIds {
+    /// Records `id`; false when it was seen before (or is too old to tell).
+    fn insert(&mut self, id: u64, limit: usize) -> bool {
+        if id <= self.floor || !self.ids.insert(id) {
+            return false;
+        }
+        while self.ids.len() > limit {
+            if let Some(oldest) = self.ids.pop_first() {
+                self.floor = oldest;
+            }
+        }
+        true
+    }
+}
+
+fn is_stale_read(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Read {
+            consistency: ReadConsistency::Stale,
+            ..
+        }
+    )
+}
+
 fn request_error(error: RaftError) -> RequestError {
     match error {
         RaftError::NotLeader { leader } => RequestError::NotLeader { leader },
-        RaftError::TransferInProgress => RequestError::Busy("leadership transfer in progress"),
-        RaftError::Overloaded => RequestError::Busy("too many requests in flight"),
+        RaftError::TransferInProgress => {
+            RequestError::Busy("leadership transfer in progress".into())
+        }
+        RaftError::Overloaded => RequestError::Busy("too many requests in flight".into()),
         RaftError::WrongGroup(_) | RaftError::UnknownPeer(_) => {
-            RequestError::Invalid("unknown group or peer")
+            RequestError::Invalid("unknown group or peer".into())
         }
     }
 }

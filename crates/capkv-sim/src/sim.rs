@@ -3,8 +3,8 @@ use crate::invariants::{RaftInvariants, Violation};
 use crate::workload::{Client, ClientAction, Outcome};
 use capkv_check::Event as HistoryEvent;
 use capkv_core::{NodeId, Rng, StableHasher};
-use capkv_node::{Node, NodeConfig, NodeEvent, NodeReady, Request, Response};
-use capkv_raft::{Message, Role};
+use capkv_node::{Node, NodeConfig, NodeEvent, NodeReady, PeerMessage, Request, Response};
+use capkv_raft::Role;
 use capkv_storage::{MemStorage, Storage};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -24,7 +24,11 @@ enum Action {
     Tick(NodeId, u64),
     /// The load phase ended: heal every fault for the quiet period.
     HealAll,
-    Deliver(Message),
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: PeerMessage,
+    },
     ClientRequest {
         node: NodeId,
         client: usize,
@@ -64,7 +68,7 @@ struct Scheduled {
 /// or paused.
 #[derive(Debug)]
 enum Input {
-    Message(Message),
+    Message(NodeId, PeerMessage),
     Request {
         client: usize,
         request_id: u64,
@@ -313,14 +317,13 @@ impl Simulation {
                 self.note("load ends: every fault healed, quiet period".into());
                 self.heal_everything();
             }
-            Action::Deliver(message) => {
-                if self.cut.contains(&(message.from, message.to)) {
+            Action::Deliver { from, to, message } => {
+                if self.cut.contains(&(from, to)) {
                     return; // the connection broke with it in flight
                 }
-                self.trace.write_u64(message.to.0);
-                self.trace.write(message.body.name().as_bytes());
-                let to = message.to;
-                self.input(to, Input::Message(message));
+                self.trace.write_u64(to.0);
+                self.trace.write(message.name().as_bytes());
+                self.input(to, Input::Message(from, message));
             }
             Action::ClientRequest {
                 node,
@@ -410,7 +413,7 @@ impl Simulation {
         };
         while let Some(input) = sim_node.inbox.pop_front() {
             match input {
-                Input::Message(message) => node.handle_message(message),
+                Input::Message(from, message) => node.handle_peer_message(from, message),
                 Input::Request {
                     client,
                     request_id,
@@ -513,8 +516,8 @@ impl Simulation {
         if let Err(error) = self.nodes[index].storage.sync() {
             panic!("simulated storage cannot fail: {error}");
         }
-        for message in ready.messages {
-            self.send(message);
+        for (to, message) in ready.messages {
+            self.send(id, to, message);
         }
         for (request_id, response) in ready.responses {
             let Some(client) = self.nodes[index].request_clients.remove(&request_id) else {
@@ -533,8 +536,8 @@ impl Simulation {
         self.run_turn(index);
     }
 
-    fn send(&mut self, message: Message) {
-        if self.cut.contains(&(message.from, message.to)) {
+    fn send(&mut self, from: NodeId, to: NodeId, message: PeerMessage) {
+        if self.cut.contains(&(from, to)) {
             return;
         }
         if self.rng.chance(self.network.loss) {
@@ -550,7 +553,14 @@ impl Simulation {
             if self.rng.chance(self.network.reorder) {
                 delay += self.rng.range(1_000, 30_000);
             }
-            self.schedule(delay, Action::Deliver(message.clone()));
+            self.schedule(
+                delay,
+                Action::Deliver {
+                    from,
+                    to,
+                    message: message.clone(),
+                },
+            );
         }
     }
 

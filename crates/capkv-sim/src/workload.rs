@@ -5,13 +5,18 @@
 use crate::sim::Micros;
 use capkv_check::{Event, EventType, OpKind};
 use capkv_core::{NodeId, Rng};
-use capkv_node::{Applied, Command, Expected, ReadConsistency, Request, RequestError, Response};
+use capkv_node::{
+    Applied, BucketMode, BucketSpec, Command, Expected, ReadConsistency, Request, RequestError,
+    Response,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 const MS: Micros = 1_000;
 /// Retries of one operation after definite refusals (no leader, busy).
 const RETRIES_MAX: u32 = 30;
+/// The bucket every simulated client uses.
+pub const BUCKET: &str = "sim";
 
 /// What a client wants the simulator to do next.
 #[derive(Debug)]
@@ -45,6 +50,9 @@ struct Operation {
     /// The history value of the invoke.
     value: Value,
     request: Request,
+    /// False for set-up operations (creating the bucket) that are not part
+    /// of the checked history.
+    recorded: bool,
 }
 
 #[derive(Debug)]
@@ -74,6 +82,8 @@ pub struct Client {
     rng: Rng,
     state: State,
     leader_hint: Option<NodeId>,
+    /// Whether this client has seen its bucket created.
+    bucket_ready: bool,
     writes: u64,
     /// The last value this client saw for each key, for compare-and-set.
     last_seen: BTreeMap<String, Value>,
@@ -93,6 +103,7 @@ impl Client {
             rng,
             state: State::Idle,
             leader_hint: None,
+            bucket_ready: false,
             writes: 0,
             last_seen: BTreeMap::new(),
             outcomes: Vec::new(),
@@ -125,6 +136,9 @@ impl Client {
     }
 
     fn record(&mut self, kind: EventType, operation: &Operation, value: Value) {
+        if !operation.recorded {
+            return;
+        }
         self.outcomes.push(Outcome::History(Event {
             process: self.process,
             kind,
@@ -174,7 +188,11 @@ impl Client {
                 if !accepting {
                     return ClientAction::Idle;
                 }
-                let operation = self.next_operation();
+                let operation = if self.bucket_ready {
+                    self.next_operation()
+                } else {
+                    create_bucket()
+                };
                 self.record(EventType::Invoke, &operation, operation.value.clone());
                 self.send(operation, 0)
             }
@@ -184,7 +202,9 @@ impl Client {
     /// The outcome is unknown: a mutation may still take effect, so this
     /// process is done (`info`) and the client continues as a new process.
     fn give_up(&mut self, operation: &Operation) {
-        if operation.f == OpKind::Read {
+        if !operation.recorded {
+            // Set-up is idempotent: it is simply tried again.
+        } else if operation.f == OpKind::Read {
             // A read has no effect: it simply failed.
             self.record(EventType::Fail, operation, Value::Null);
         } else {
@@ -241,6 +261,11 @@ impl Client {
         match response {
             Response::Applied(Applied::CasFailed { .. }) => {
                 self.record(EventType::Fail, &operation, operation.value.clone());
+                self.state = State::Idle;
+                self.think()
+            }
+            Response::Applied(Applied::BucketReady { .. }) if !operation.recorded => {
+                self.bucket_ready = true;
                 self.state = State::Idle;
                 self.think()
             }
@@ -301,9 +326,11 @@ impl Client {
                 key: key.clone(),
                 value: Value::Null,
                 request: Request::Read {
+                    bucket: BUCKET.into(),
                     key,
                     consistency: ReadConsistency::Linearizable,
                 },
+                recorded: true,
             };
         }
         if roll < 50 {
@@ -311,7 +338,11 @@ impl Client {
                 f: OpKind::Delete,
                 key: key.clone(),
                 value: Value::Null,
-                request: Request::Write(Command::Delete { key }),
+                request: Request::Write(Command::Delete {
+                    bucket: BUCKET.into(),
+                    key,
+                }),
+                recorded: true,
             };
         }
         self.writes += 1;
@@ -322,9 +353,11 @@ impl Client {
                 key: key.clone(),
                 value: Value::from(new),
                 request: Request::Write(Command::Put {
+                    bucket: BUCKET.into(),
                     key,
                     value: new.to_string().into_bytes(),
                 }),
+                recorded: true,
             };
         }
         let expected = self.last_seen.get(&key).cloned().unwrap_or(Value::Null);
@@ -337,10 +370,12 @@ impl Client {
             key: key.clone(),
             value: Value::Array(vec![expected, Value::from(new)]),
             request: Request::Write(Command::Cas {
+                bucket: BUCKET.into(),
                 key,
                 expected: Expected::Value(expected_bytes),
                 value: Some(new.to_string().into_bytes()),
             }),
+            recorded: true,
         }
     }
 
@@ -355,6 +390,22 @@ impl Client {
         for Outcome::History(event) in self.take_outcomes() {
             history.push(event);
         }
+    }
+}
+
+fn create_bucket() -> Operation {
+    Operation {
+        f: OpKind::Write,
+        key: String::new(),
+        value: Value::Null,
+        request: Request::Write(Command::CreateBucket {
+            name: BUCKET.into(),
+            spec: BucketSpec {
+                mode: BucketMode::Cp,
+                replicas: 3,
+            },
+        }),
+        recorded: false,
     }
 }
 

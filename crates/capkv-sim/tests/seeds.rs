@@ -66,7 +66,7 @@ fn seeds_151_to_200_pass_every_checker_under_every_fault() {
     sweep(151, 200);
 }
 
-/// Pinned: seed 4 (5 nodes, 20 s) once ended with a follower stuck behind
+/// Pinned: seed 4 (5 nodes, 20 s, before forwarding existed) once ended with a follower stuck behind
 /// forever: its leader had filled the follower's in-flight window while the
 /// follower was crashed and never sent again. Heartbeat responses now open
 /// the window.
@@ -76,6 +76,20 @@ fn pinned_seed_4_full_inflight_window_recovers_after_follower_crash() {
     config.duration_ms = 20_000;
     let report = capkv_sim::run(config);
     assert!(report.passed(), "{}", describe(&report));
+}
+
+/// Pinned: seeds 4, 10 and 14 (5 nodes, 20 s) once failed linearizability:
+/// a duplicated `Forward` message made the leader propose one client write
+/// twice, and the second copy landed after the client had been told the
+/// write failed. The leader now refuses forward ids it has already served.
+#[test]
+fn pinned_seeds_4_10_14_duplicated_forward_is_proposed_once() {
+    for seed in [4, 10, 14] {
+        let mut config = SimConfig::new(seed, 5);
+        config.duration_ms = 20_000;
+        let report = capkv_sim::run(config);
+        assert!(report.passed(), "{}", describe(&report));
+    }
 }
 
 #[test]

@@ -4,6 +4,16 @@ use capkv_raft::DeliberateBugs;
 use capkv_sim::{Fault, SimConfig};
 use std::io::Write;
 
+/// Prints a line; a closed pipe (`capkv sim ... | head`) ends the program
+/// quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    };
+}
+
 /// Arguments of `capkv sim`.
 #[derive(clap::Args, Debug)]
 pub struct SimArgs {
@@ -137,7 +147,7 @@ pub fn run(args: &SimArgs) -> u8 {
         let report = capkv_sim::run(config);
         simulated_ms_total += report.simulated_ms;
         for line in &report.timeline {
-            println!("{line}");
+            say!("{line}");
         }
         let raft = match &report.raft_violation {
             None => "ok".to_string(),
@@ -151,7 +161,7 @@ pub fn run(args: &SimArgs) -> u8 {
             Ok(()) => "ok".to_string(),
             Err(text) => format!("FAILED {text}"),
         };
-        println!(
+        say!(
             "seed {seed}: simulated {:.1}s, ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
             report.simulated_ms as f64 / 1000.0,
             report.ops_ok,
@@ -161,7 +171,7 @@ pub fn run(args: &SimArgs) -> u8 {
         );
         if !report.passed() {
             failed += 1;
-            println!("  replay: {}", report.config.replay_command());
+            say!("  replay: {}", report.config.replay_command());
         }
         if let Some(path) = &args.history {
             let path = if sweep {
@@ -177,7 +187,7 @@ pub fn run(args: &SimArgs) -> u8 {
     }
     let wall = started.elapsed().as_secs_f64();
     if sweep {
-        println!(
+        say!(
             "{failed} failed; simulated {:.0}s in {:.1}s wall ({:.0}x real time)",
             simulated_ms_total as f64 / 1000.0,
             wall,
