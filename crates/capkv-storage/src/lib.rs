@@ -10,16 +10,29 @@
 //! Layout: [`Storage`] and [`WriteBatch`] here; [`MemStorage`] in `mem.rs`, the
 //! implementation the simulator uses. Its crash semantics are exact: a write
 //! that was not followed by a `sync` is gone after [`MemStorage::crash`]. The
-//! fjall implementation lives behind a cargo feature that only the server
-//! enables (issue 3), so cores and the simulator never link a disk engine.
+//! fjall implementation, `FjallStorage` in `disk.rs`, lives behind the cargo
+//! feature `fjall` that only the server enables (issue 3), so cores and the
+//! simulator never link a disk engine.
+//!
+//! On disk (`FjallStorage`): one fjall database per node directory holding
+//! one fjall keyspace per capkv [`Keyspace`]. A [`WriteBatch`] is one fjall
+//! batch, atomic across keyspaces through fjall's shared journal; `write`
+//! never fsyncs and `sync` fsyncs the journal. `DeleteRange` has no native
+//! op: it costs one point tombstone per live key in the range, found with a
+//! bounded range scan (capped per batch). The details are in `disk.rs`.
 //!
 //! What it does not do: no caching, no interpretation of keys, no background
-//! work. It never syncs on its own.
+//! work. It never syncs on its own (fjall may sync its journal when it
+//! rotates it or closes, which only adds durability).
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "fjall")]
+mod disk;
 mod mem;
 
+#[cfg(feature = "fjall")]
+pub use disk::{FjallStorage, DELETE_RANGE_KEYS_MAX};
 pub use mem::MemStorage;
 
 /// Key-value pairs returned by a scan, in key order.

@@ -1,0 +1,641 @@
+//! The HTTP API (DESIGN.md §4): JSON in and out, stable error codes, a
+//! deadline on every request.
+
+use crate::event_loop::{Input, Status};
+use crate::metrics::Metrics;
+use crate::nemesis::{self, Nemesis};
+use crate::ServerConfig;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine;
+use capkv_node::{
+    Applied, BucketMode, BucketSpec, Command, Expected, PeerMessage, ReadConsistency, Request,
+    RequestError, Response as NodeResponse,
+};
+use capkv_transport::Transport;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Most bytes of a value (and so of a PUT body).
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+/// Most bytes of a JSON body on admin and bucket endpoints.
+pub const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Longest deadline a client may ask for.
+pub const TIMEOUT_MS_MAX: u64 = 60_000;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The event loop's input channel.
+    pub inputs: mpsc::Sender<Input>,
+    /// The loop's latest published status.
+    pub status: watch::Receiver<Status>,
+    /// This node's settings.
+    pub config: Arc<ServerConfig>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Nemesis rules and their relay.
+    pub nemesis: Arc<Nemesis>,
+    /// The peer transport (the nemesis sets its link rules).
+    pub transport: Transport<PeerMessage>,
+}
+
+/// An error answer: `{"error": code, "message": text, ...details}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+        }
+    }
+
+    fn with(mut self, key: &str, value: Value) -> ApiError {
+        self.details.insert(key.to_string(), value);
+        self
+    }
+
+    /// 400 invalid_request.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.details;
+        body.insert("error".into(), Value::from(self.code));
+        body.insert("message".into(), Value::from(self.message));
+        (self.status, Json(Value::Object(body))).into_response()
+    }
+}
+
+type ApiResult = Result<(StatusCode, Value), ApiError>;
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/buckets", get(list_buckets))
+        .route("/v1/buckets/{bucket}", put(create_bucket))
+        .route(
+            "/v1/kv/{bucket}/{key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/nemesis", get(nemesis_show))
+        .route("/v1/nemesis/partition", post(nemesis_partition))
+        .route("/v1/nemesis/heal", post(nemesis_heal))
+        .route("/v1/nemesis/links", post(nemesis_links))
+        .route("/v1/nemesis/apply", post(nemesis_apply))
+        .route("/metrics", get(metrics))
+        .fallback(not_found_route)
+        .with_state(state)
+}
+
+/// Records the answer in the metrics and turns it into a response.
+fn finish(state: &AppState, route: &str, result: ApiResult) -> Response {
+    match result {
+        Ok((status, body)) => {
+            state.metrics.observe_request(route, status.as_u16(), "");
+            (status, Json(body)).into_response()
+        }
+        Err(error) => {
+            state
+                .metrics
+                .observe_request(route, error.status.as_u16(), error.code);
+            error.into_response()
+        }
+    }
+}
+
+async fn not_found_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint: see DESIGN.md section 4 for the API",
+    )
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let node_id = state.config.id.0;
+    finish(
+        &state,
+        "health",
+        Ok((StatusCode::OK, json!({"status": "ok", "node_id": node_id}))),
+    )
+}
+
+async fn cluster(State(state): State<AppState>) -> Response {
+    let status = state.status.borrow().clone();
+    let nodes: Vec<Value> = state
+        .config
+        .members
+        .iter()
+        .map(|(id, address)| {
+            json!({
+                "id": id.0,
+                "peer": address.peer.to_string(),
+                "http": address.http.map(|http| http.to_string()),
+            })
+        })
+        .collect();
+    let body = json!({
+        "node_id": state.config.id.0,
+        "nodes": nodes,
+        "groups": [{
+            "group": 0,
+            "role": status.role.as_str(),
+            "term": status.term.0,
+            "leader": status.leader.map(|leader| leader.0),
+            "commit_index": status.commit_index.0,
+            "applied_index": status.applied_index.0,
+            "last_index": status.last_index.0,
+            "snapshot_index": status.snapshot_index.0,
+        }],
+    });
+    finish(&state, "cluster", Ok((StatusCode::OK, body)))
+}
+
+async fn list_buckets(State(state): State<AppState>) -> Response {
+    let buckets: Vec<Value> = state
+        .status
+        .borrow()
+        .buckets
+        .iter()
+        .map(|(name, spec)| json!({"name": name, "mode": spec.mode.as_str(), "replicas": spec.replicas}))
+        .collect();
+    finish(
+        &state,
+        "buckets",
+        Ok((StatusCode::OK, json!({ "buckets": buckets }))),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BucketBody {
+    mode: String,
+    replicas: Option<u8>,
+    conflict: Option<String>,
+    read: Option<String>,
+    write: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CommonQuery {
+    timeout_ms: Option<u64>,
+    consistency: Option<String>,
+    if_version: Option<u64>,
+}
+
+async fn create_bucket(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let Path(name) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
+        let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+        let bytes = read_body(body, JSON_BODY_BYTES_MAX).await?;
+        let spec: BucketBody = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid(format!(
+                "bucket body must be JSON like {{\"mode\":\"cp\"}}: {e}"
+            ))
+        })?;
+        let mode = match spec.mode.as_str() {
+            "cp" => BucketMode::Cp,
+            "ap" => {
+                return Err(ApiError::invalid(
+                    "ap buckets are not available yet (issue 4); use \"mode\":\"cp\"",
+                ))
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown mode '{other}': use cp or ap"
+                )))
+            }
+        };
+        if spec.conflict.is_some() || spec.read.is_some() || spec.write.is_some() {
+            return Err(ApiError::invalid(
+                "conflict, read and write settings apply to ap buckets only",
+            ));
+        }
+        let voters = state.config.members.len() as u8;
+        let replicas = spec.replicas.unwrap_or(voters);
+        if replicas != voters {
+            return Err(ApiError::invalid(format!(
+                "a cp bucket is replicated on the whole Raft group: replicas must be {voters}"
+            )));
+        }
+        let request = Request::Write(Command::CreateBucket {
+            name: name.clone(),
+            spec: BucketSpec { mode, replicas },
+        });
+        match call(&state, request, query.timeout_ms, true).await? {
+            NodeResponse::Applied(Applied::BucketReady { created }) => Ok((
+                StatusCode::OK,
+                json!({"bucket": name, "mode": mode.as_str(), "created": created}),
+            )),
+            NodeResponse::Applied(Applied::BucketConflict { existing }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "bucket_conflict",
+                format!(
+                    "bucket '{name}' exists with mode {}",
+                    existing.mode.as_str()
+                ),
+            )
+            .with("mode", Value::from(existing.mode.as_str()))),
+            other => Err(unexpected(other)),
+        }
+    }
+    .await;
+    finish(&state, "bucket_create", result)
+}
+
+fn read_consistency(query: &CommonQuery) -> Result<ReadConsistency, ApiError> {
+    match query.consistency.as_deref() {
+        None | Some("linearizable") => Ok(ReadConsistency::Linearizable),
+        Some("stale") => Ok(ReadConsistency::Stale),
+        Some("one" | "quorum" | "all" | "local") => Err(ApiError::invalid(
+            "one, quorum, all and local apply to ap buckets; cp buckets take linearizable or stale",
+        )),
+        Some(other) => Err(ApiError::invalid(format!(
+            "unknown consistency '{other}': use linearizable or stale"
+        ))),
+    }
+}
+
+async fn get_key(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
+        let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+        let consistency = read_consistency(&query)?;
+        let request = Request::Read {
+            bucket,
+            key: key.clone(),
+            consistency,
+        };
+        match call(&state, request, query.timeout_ms, false).await? {
+            NodeResponse::Value(Some(versioned)) => {
+                let mut body = Map::new();
+                body.insert("key".into(), Value::from(key));
+                match String::from_utf8(versioned.value) {
+                    Ok(text) => body.insert("value".into(), Value::from(text)),
+                    Err(error) => body.insert(
+                        "value_base64".into(),
+                        Value::from(
+                            base64::engine::general_purpose::STANDARD.encode(error.into_bytes()),
+                        ),
+                    ),
+                };
+                body.insert("version".into(), Value::from(versioned.version));
+                Ok((StatusCode::OK, Value::Object(body)))
+            }
+            NodeResponse::Value(None) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("key '{key}' not found"),
+            )),
+            other => Err(unexpected(other)),
+        }
+    }
+    .await;
+    finish(&state, "kv_get", result)
+}
+
+async fn put_key(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
+        let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+        if query.consistency.is_some() {
+            return Err(ApiError::invalid(
+                "cp writes are always linearizable: consistency applies to ap buckets",
+            ));
+        }
+        let value = read_body(body, VALUE_BYTES_MAX).await?.to_vec();
+        let command = match query.if_version {
+            Some(version) => Command::Cas {
+                bucket,
+                key,
+                expected: Expected::Version(version),
+                value: Some(value),
+            },
+            None => Command::Put { bucket, key, value },
+        };
+        match call(&state, Request::Write(command), query.timeout_ms, true).await? {
+            NodeResponse::Applied(Applied::Written { version }) => {
+                Ok((StatusCode::OK, json!({ "version": version })))
+            }
+            NodeResponse::Applied(Applied::CasFailed { current_version }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "version_mismatch",
+                format!(
+                    "if_version={} does not match the current version {current_version}",
+                    query.if_version.unwrap_or(0)
+                ),
+            )
+            .with("current_version", Value::from(current_version))),
+            other => Err(unexpected(other)),
+        }
+    }
+    .await;
+    finish(&state, "kv_put", result)
+}
+
+async fn delete_key(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
+        let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+        let command = match query.if_version {
+            Some(version) => Command::Cas {
+                bucket,
+                key,
+                expected: Expected::Version(version),
+                value: None,
+            },
+            None => Command::Delete { bucket, key },
+        };
+        match call(&state, Request::Write(command), query.timeout_ms, true).await? {
+            NodeResponse::Applied(Applied::Deleted { existed }) => {
+                Ok((StatusCode::OK, json!({ "deleted": existed })))
+            }
+            NodeResponse::Applied(Applied::CasFailed { current_version }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "version_mismatch",
+                format!("the current version is {current_version}"),
+            )
+            .with("current_version", Value::from(current_version))),
+            other => Err(unexpected(other)),
+        }
+    }
+    .await;
+    finish(&state, "kv_delete", result)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let status = state.status.borrow().clone();
+    let text = state.metrics.render(&status);
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+/// Reads at most `limit` bytes of body; more is `413 too_large`.
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+        .with("limit_bytes", Value::from(limit))
+    })
+}
+
+/// Hands `request` to the event loop and waits for the answer until the
+/// deadline. `mutates` says whether a timeout leaves the outcome unknown.
+async fn call(
+    state: &AppState,
+    request: Request,
+    timeout_ms: Option<u64>,
+    mutates: bool,
+) -> Result<NodeResponse, ApiError> {
+    let timeout_ms = timeout_ms.unwrap_or(state.config.request_timeout_ms);
+    if timeout_ms == 0 || timeout_ms > TIMEOUT_MS_MAX {
+        return Err(ApiError::invalid(format!(
+            "timeout_ms must be 1..={TIMEOUT_MS_MAX}"
+        )));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
+    let (reply, answer) = oneshot::channel();
+    let input = Input::Client {
+        request,
+        deadline: Instant::now() + timeout,
+        reply,
+    };
+    if state.inputs.try_send(input).is_err() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the node's request queue is full; retry later",
+        ));
+    }
+    let response = match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the node is shutting down",
+            ))
+        }
+        Err(_) => return Err(deadline_error(state, timeout_ms, mutates)),
+    };
+    match response {
+        NodeResponse::Failed(error) => Err(request_error(error)),
+        other => Ok(other),
+    }
+}
+
+/// The answer when the deadline passes: `503 no_quorum` when this node has
+/// no leader it can reach (the minority side of a partition), else `504
+/// timeout`. For a write, the outcome is unknown either way.
+fn deadline_error(state: &AppState, timeout_ms: u64, mutates: bool) -> ApiError {
+    let leader = state.status.borrow().leader;
+    let error = match leader {
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_quorum",
+            format!(
+                "no leader reachable within {timeout_ms} ms: this node cannot reach a majority"
+            ),
+        ),
+        Some(leader) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no answer within {timeout_ms} ms (leader n{})", leader.0),
+        ),
+    };
+    if mutates {
+        error.with("outcome", Value::from("unknown"))
+    } else {
+        error
+    }
+}
+
+fn request_error(error: RequestError) -> ApiError {
+    match error {
+        RequestError::NotLeader { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_quorum",
+            "no leader: this node cannot reach a majority right now",
+        ),
+        RequestError::Busy(reason) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", reason)
+        }
+        RequestError::Dropped => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_changed",
+            "the leader changed before the write committed; it did not take effect",
+        ),
+        RequestError::Invalid(reason) => ApiError::invalid(reason),
+        RequestError::BucketNotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "bucket_not_found",
+            "no such bucket: create it with PUT /v1/buckets/{bucket}",
+        ),
+    }
+}
+
+fn unexpected(response: NodeResponse) -> ApiError {
+    tracing::error!(?response, "unexpected answer from the node");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "unexpected answer from the node",
+    )
+}
+
+// ----- nemesis -----
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = state.config.admin_token.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin endpoints are disabled: start the node with --admin-token",
+        ));
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if given != Some(expected) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin token (Authorization: Bearer <token>)",
+        ));
+    }
+    Ok(())
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(body, JSON_BODY_BYTES_MAX).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
+}
+
+async fn nemesis_show(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let result = authorize(&state, &headers).map(|()| (StatusCode::OK, state.nemesis.describe()));
+    finish(&state, "nemesis", result)
+}
+
+async fn nemesis_partition(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        authorize(&state, &headers)?;
+        let request: nemesis::PartitionRequest = json_body(body).await?;
+        let members: Vec<u64> = state.config.members.keys().map(|id| id.0).collect();
+        let rules =
+            nemesis::partition_rules(&request.groups, &members).map_err(ApiError::invalid)?;
+        Ok(relay(&state, rules, true).await)
+    }
+    .await;
+    finish(&state, "nemesis_partition", result)
+}
+
+async fn nemesis_heal(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let result = async {
+        authorize(&state, &headers)?;
+        Ok(relay(&state, Vec::new(), true).await)
+    }
+    .await;
+    finish(&state, "nemesis_heal", result)
+}
+
+async fn nemesis_links(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        authorize(&state, &headers)?;
+        let rule: nemesis::DirectedRule = json_body(body).await?;
+        let members: Vec<u64> = state.config.members.keys().map(|id| id.0).collect();
+        rule.validate(&members).map_err(ApiError::invalid)?;
+        Ok(relay(&state, vec![rule], false).await)
+    }
+    .await;
+    finish(&state, "nemesis_links", result)
+}
+
+/// The control path: a node applies rules relayed by whichever node the
+/// operator asked. It travels over HTTP, which the rules never cut.
+async fn nemesis_apply(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        authorize(&state, &headers)?;
+        let apply: nemesis::ApplyRequest = json_body(body).await?;
+        let members: Vec<u64> = state.config.members.keys().map(|id| id.0).collect();
+        for rule in &apply.rules {
+            rule.validate(&members).map_err(ApiError::invalid)?;
+        }
+        state
+            .nemesis
+            .apply(&state.transport, state.config.id, apply);
+        Ok((StatusCode::OK, state.nemesis.describe()))
+    }
+    .await;
+    finish(&state, "nemesis_apply", result)
+}
+
+async fn relay(
+    state: &AppState,
+    rules: Vec<nemesis::DirectedRule>,
+    replace: bool,
+) -> (StatusCode, Value) {
+    let apply = nemesis::ApplyRequest { rules, replace };
+    let (applied, failed) = state
+        .nemesis
+        .relay(&state.config, &state.transport, apply)
+        .await;
+    (
+        StatusCode::OK,
+        json!({"applied": applied, "failed": failed, "rules": state.nemesis.describe()["rules"].clone()}),
+    )
+}

@@ -1,0 +1,123 @@
+//! A quick in-process check of the server: three nodes on loopback with real
+//! sockets and real disks, driven over HTTP. The real-process tests (kill -9,
+//! partitions) live in the `capkv` crate.
+
+use capkv_core::NodeId;
+use capkv_server::{PeerAddress, ServerConfig};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_a_leader_and_serve_writes_through_any_node() {
+    let base = std::env::temp_dir().join(format!("capkv-in-process-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        members.insert(
+            NodeId(id),
+            PeerAddress {
+                peer: free_port(),
+                http: Some(free_port()),
+            },
+        );
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut handles = Vec::new();
+    for (id, address) in &members {
+        let mut config = ServerConfig::new(
+            *id,
+            base.join(format!("n{}", id.0)),
+            address.peer,
+            address.http.unwrap(),
+            members.clone(),
+            "secret".into(),
+        );
+        config.admin_token = Some("admin".into());
+        handles.push(tokio::spawn(capkv_server::run(config, shutdown_rx.clone())));
+    }
+    let client = reqwest::Client::new();
+    let http = |id: u64| members[&NodeId(id)].http.unwrap();
+    // A leader within 5 s.
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no leader in 5 s"
+        );
+        let mut leaders = 0;
+        for id in 1..=3 {
+            if let Ok(response) = client
+                .get(format!("http://{}/v1/cluster", http(id)))
+                .send()
+                .await
+            {
+                let body: Value = response.json().await.unwrap();
+                if body["groups"][0]["role"] == "leader" {
+                    leaders += 1;
+                }
+            }
+        }
+        if leaders == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = client
+        .put(format!("http://{}/v1/buckets/bank", http(2)))
+        .body(r#"{"mode":"cp"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    for id in 1..=3 {
+        let response = client
+            .put(format!("http://{}/v1/kv/bank/k{id}", http(id)))
+            .body(format!("v{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for reader in 1..=3 {
+        for id in 1..=3 {
+            let body: Value = client
+                .get(format!("http://{}/v1/kv/bank/k{id}", http(reader)))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                body["value"],
+                format!("v{id}"),
+                "read k{id} on n{reader}: {body}"
+            );
+        }
+    }
+    let missing = client
+        .get(format!("http://{}/v1/kv/nope/k", http(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"], "bucket_not_found");
+    shutdown_tx.send_replace(true);
+    for handle in handles {
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("node stops within 10 s")
+            .unwrap()
+            .unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
