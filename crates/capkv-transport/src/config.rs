@@ -77,7 +77,10 @@ impl TransportConfig {
             return invalid("node_id 0 means \"none\" and cannot name a node".into());
         }
         if self.peers.contains_key(&self.node_id) {
-            return invalid(format!("peers must not contain this node ({})", self.node_id));
+            return invalid(format!(
+                "peers must not contain this node ({})",
+                self.node_id
+            ));
         }
         if self.peers.contains_key(&NodeId(0)) {
             return invalid("peers must not contain node 0".into());
@@ -167,7 +170,9 @@ mod tests {
     #[test]
     fn contradictions_are_rejected() {
         let mut self_peer = config();
-        self_peer.peers.insert(NodeId(1), "127.0.0.1:3".parse().unwrap());
+        self_peer
+            .peers
+            .insert(NodeId(1), "127.0.0.1:3".parse().unwrap());
         let mut backoff = config();
         backoff.reconnect_backoff_min_ms = 2000;
         let mut empty_secret = config();
@@ -178,7 +183,14 @@ mod tests {
         zero_queue.peer_queue_messages_max = 0;
         let mut long_cluster = config();
         long_cluster.cluster_id = "x".repeat(CLUSTER_ID_BYTES_MAX + 1);
-        for bad in [self_peer, backoff, empty_secret, zero_frame, zero_queue, long_cluster] {
+        for bad in [
+            self_peer,
+            backoff,
+            empty_secret,
+            zero_frame,
+            zero_queue,
+            long_cluster,
+        ] {
             assert!(bad.validate().is_err(), "{bad:?} should be rejected");
         }
     }

@@ -189,9 +189,14 @@ pub(crate) fn verify_hello(
     if !expected.peers.contains_key(&hello.node_id) {
         return Err(HandshakeFailure::UnknownNode(hello.node_id));
     }
-    mac_state(expected.cluster_secret, nonce, expected.cluster_id, hello.node_id)
-        .verify_slice(&hello.mac)
-        .map_err(|_| HandshakeFailure::WrongSecret(hello.node_id))?;
+    mac_state(
+        expected.cluster_secret,
+        nonce,
+        expected.cluster_id,
+        hello.node_id,
+    )
+    .verify_slice(&hello.mac)
+    .map_err(|_| HandshakeFailure::WrongSecret(hello.node_id))?;
     Ok(hello.node_id)
 }
 
@@ -212,7 +217,11 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     reader.get_mut().write_all(&nonce).await?;
     let payload = match reader.read_frame(HELLO_BYTES_MAX).await {
         Ok(Some(payload)) => payload,
-        Ok(None) => return Err(HandshakeFailure::MalformedHello("closed before hello".into())),
+        Ok(None) => {
+            return Err(HandshakeFailure::MalformedHello(
+                "closed before hello".into(),
+            ))
+        }
         Err(ReadFrameError::Io(error)) => return Err(HandshakeFailure::Io(error)),
         Err(error) => return Err(HandshakeFailure::MalformedHello(error.to_string())),
     };
@@ -284,39 +293,57 @@ mod tests {
     #[test]
     fn a_wrong_secret_is_refused() {
         let hello = Hello::new("guess", &NONCE, "cluster", NodeId(2));
-        assert!(matches!(check(&hello), Err(HandshakeFailure::WrongSecret(NodeId(2)))));
+        assert!(matches!(
+            check(&hello),
+            Err(HandshakeFailure::WrongSecret(NodeId(2)))
+        ));
     }
 
     #[test]
     fn a_mac_for_another_nonce_is_refused() {
         let hello = Hello::new("secret", &[8; NONCE_BYTES], "cluster", NodeId(2));
-        assert!(matches!(check(&hello), Err(HandshakeFailure::WrongSecret(_))));
+        assert!(matches!(
+            check(&hello),
+            Err(HandshakeFailure::WrongSecret(_))
+        ));
     }
 
     #[test]
     fn a_wrong_cluster_is_refused() {
         let hello = Hello::new("secret", &NONCE, "other", NodeId(2));
-        assert!(matches!(check(&hello), Err(HandshakeFailure::WrongCluster { .. })));
+        assert!(matches!(
+            check(&hello),
+            Err(HandshakeFailure::WrongCluster { .. })
+        ));
     }
 
     #[test]
     fn an_unknown_node_is_refused() {
         let hello = Hello::new("secret", &NONCE, "cluster", NodeId(9));
-        assert!(matches!(check(&hello), Err(HandshakeFailure::UnknownNode(NodeId(9)))));
+        assert!(matches!(
+            check(&hello),
+            Err(HandshakeFailure::UnknownNode(NodeId(9)))
+        ));
     }
 
     #[test]
     fn a_bad_version_is_refused() {
         let mut hello = Hello::new("secret", &NONCE, "cluster", NodeId(2));
         hello.protocol_version = 2;
-        assert!(matches!(check(&hello), Err(HandshakeFailure::BadVersion { received: 2 })));
+        assert!(matches!(
+            check(&hello),
+            Err(HandshakeFailure::BadVersion { received: 2 })
+        ));
     }
 
     #[test]
     fn a_mac_stolen_for_another_node_is_refused() {
         let mut hello = Hello::new("secret", &NONCE, "cluster", NodeId(3));
         hello.node_id = NodeId(2);
-        assert!(matches!(check(&hello), Err(HandshakeFailure::WrongSecret(_))));
+        assert!(matches!(
+            check(&hello),
+            Err(HandshakeFailure::WrongSecret(_))
+        ));
     }
 
     #[test]
@@ -372,6 +399,9 @@ mod tests {
         let connector = connect(&mut connector_end, "wrong", "cluster", NodeId(2));
         let (accepted, connected) = tokio::join!(acceptor, connector);
         assert!(matches!(accepted, Err(HandshakeFailure::WrongSecret(_))));
-        assert!(matches!(connected, Err(HandshakeFailure::RejectedByAcceptor)));
+        assert!(matches!(
+            connected,
+            Err(HandshakeFailure::RejectedByAcceptor)
+        ));
     }
 }

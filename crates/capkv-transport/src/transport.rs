@@ -125,7 +125,12 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
                 rng.fork(),
             ));
         }
-        tokio::spawn(run_acceptor(listener, Arc::clone(&shared), inbound, shutdown));
+        tokio::spawn(run_acceptor(
+            listener,
+            Arc::clone(&shared),
+            inbound,
+            shutdown,
+        ));
         tracing::info!(node = %shared.config.node_id, %local_addr, "transport listening");
         Ok(Transport {
             inner: Arc::new(Inner {
@@ -139,9 +144,13 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
 
     /// Queues `message` for `to` without blocking, after applying the link
     /// rule. A message dropped by a rule or by a full queue is counted and
-    /// still answers `Ok`: loss is normal on a network.
+    /// still answers `Ok`: loss is normal on a network. A message that
+    /// cannot be framed (it exceeds `frame_bytes_max`, or encodes to zero
+    /// bytes, as `()` does) is dropped by the writer and counted in
+    /// `messages_dropped_encode`.
     pub fn send(&self, to: NodeId, message: M) -> Result<(), TransportError> {
-        let (Some(queue), Some(peer)) = (self.inner.queues.get(&to), self.inner.shared.peers.get(&to))
+        let (Some(queue), Some(peer)) =
+            (self.inner.queues.get(&to), self.inner.shared.peers.get(&to))
         else {
             return Err(TransportError::UnknownPeer(to));
         };
@@ -152,9 +161,12 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
             add(&peer.counters.messages_dropped_link_rule, 1);
             return Ok(());
         }
-        let deliver_at = (rule.delay_ms > 0)
-            .then(|| Instant::now() + Duration::from_millis(rule.delay_ms));
-        match queue.try_send(Outgoing { message, deliver_at }) {
+        let deliver_at =
+            (rule.delay_ms > 0).then(|| Instant::now() + Duration::from_millis(rule.delay_ms));
+        match queue.try_send(Outgoing {
+            message,
+            deliver_at,
+        }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 add(&peer.counters.messages_dropped_queue_full, 1);

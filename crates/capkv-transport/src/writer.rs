@@ -56,7 +56,10 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(delay_ms_min: u64, delay_ms_max: u64, rng: Rng) -> Backoff {
-        assert!(delay_ms_min <= delay_ms_max, "backoff min must not exceed max");
+        assert!(
+            delay_ms_min <= delay_ms_max,
+            "backoff min must not exceed max"
+        );
         Backoff {
             delay_ms_min,
             delay_ms_max,

@@ -1,6 +1,10 @@
 //! The transport over real sockets on 127.0.0.1. Every test is bounded by
 //! [`TEST_TIMEOUT`], so a lost message fails the test instead of hanging it.
 
+// A failed unwrap here is a failed test; clippy's allow-unwrap-in-tests does
+// not reach the helpers outside `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
 use capkv_core::NodeId;
 use capkv_transport::frame::encode_frame;
 use capkv_transport::handshake::{Hello, HANDSHAKE_ACCEPTED, HELLO_BYTES_MAX, NONCE_BYTES};
@@ -130,7 +134,9 @@ async fn three_nodes_exchange_messages_in_order_on_every_link() {
                 }
                 let text = TestMessage::Text(format!("from {}", node.transport.node_id()));
                 node.transport.send(NodeId(peer), text).unwrap();
-                node.transport.send(NodeId(peer), TestMessage::Entries(vec![1, 2, 3])).unwrap();
+                node.transport
+                    .send(NodeId(peer), TestMessage::Entries(vec![1, 2, 3]))
+                    .unwrap();
             }
         }
         for node in &mut nodes {
@@ -144,7 +150,12 @@ async fn three_nodes_exchange_messages_in_order_on_every_link() {
                 let mut expected: Vec<TestMessage> = (0..per_link).map(ping).collect();
                 expected.push(TestMessage::Text(format!("from {from}")));
                 expected.push(TestMessage::Entries(vec![1, 2, 3]));
-                assert_eq!(messages, expected, "link {from} -> {}", node.transport.node_id());
+                assert_eq!(
+                    messages,
+                    expected,
+                    "link {from} -> {}",
+                    node.transport.node_id()
+                );
             }
         }
         let metrics = nodes[0].transport.metrics();
@@ -162,7 +173,10 @@ async fn sending_to_an_unknown_peer_is_an_error() {
     bounded(async {
         let nodes = start_mesh(2).await;
         let result = nodes[0].transport.send(NodeId(9), ping(0));
-        assert!(matches!(result, Err(TransportError::UnknownPeer(NodeId(9)))));
+        assert!(matches!(
+            result,
+            Err(TransportError::UnknownPeer(NodeId(9)))
+        ));
     })
     .await;
 }
@@ -180,8 +194,12 @@ async fn assert_refused(mutate: impl FnOnce(&mut TransportConfig), charged_to_pe
     }
     eventually(|| honest.transport.metrics().handshake_failures >= 2).await;
     eventually(|| intruder.transport.metrics().handshake_failures >= 2).await;
-    honest.assert_nothing_arrives(Duration::from_millis(200)).await;
-    intruder.assert_nothing_arrives(Duration::from_millis(10)).await;
+    honest
+        .assert_nothing_arrives(Duration::from_millis(200))
+        .await;
+    intruder
+        .assert_nothing_arrives(Duration::from_millis(10))
+        .await;
     let seen_by_honest = &honest.transport.metrics().peers[&NodeId(2)];
     assert!(!seen_by_honest.connected && !seen_by_honest.inbound_connected);
     assert_eq!(seen_by_honest.frames_received, 0);
@@ -191,12 +209,20 @@ async fn assert_refused(mutate: impl FnOnce(&mut TransportConfig), charged_to_pe
 
 #[tokio::test]
 async fn a_node_with_the_wrong_secret_delivers_nothing() {
-    bounded(assert_refused(|config| config.cluster_secret = "guessed".into(), true)).await;
+    bounded(assert_refused(
+        |config| config.cluster_secret = "guessed".into(),
+        true,
+    ))
+    .await;
 }
 
 #[tokio::test]
 async fn a_node_of_another_cluster_delivers_nothing() {
-    bounded(assert_refused(|config| config.cluster_id = "other-cluster".into(), false)).await;
+    bounded(assert_refused(
+        |config| config.cluster_id = "other-cluster".into(),
+        false,
+    ))
+    .await;
 }
 
 /// Opens a raw connection, reads the nonce, sends `junk`, and expects the
@@ -244,7 +270,12 @@ async fn authenticated_raw_connection(address: SocketAddr, node_id: NodeId) -> T
     stream.read_exact(&mut nonce).await.unwrap();
     let hello = Hello::new(SECRET, &nonce, CLUSTER_ID, node_id);
     let mut frame = Vec::new();
-    encode_frame(&postcard::to_allocvec(&hello).unwrap(), &mut frame, HELLO_BYTES_MAX).unwrap();
+    encode_frame(
+        &postcard::to_allocvec(&hello).unwrap(),
+        &mut frame,
+        HELLO_BYTES_MAX,
+    )
+    .unwrap();
     stream.write_all(&frame).await.unwrap();
     let mut answer = [0; 1];
     stream.read_exact(&mut answer).await.unwrap();
@@ -257,15 +288,14 @@ async fn a_bad_frame_from_an_authenticated_peer_closes_only_that_connection() {
     bounded(async {
         // Node 3 is configured but never started, so the raw socket can act
         // as node 3 without a real node 3 superseding its connection.
-        let mut nodes = start_mesh(3).await;
-        let node_3 = nodes.pop().unwrap();
-        node_3.shutdown.send(true).unwrap();
+        let mut configs = mesh(3);
+        configs.pop();
+        let mut nodes = start_mesh_from(configs).await;
         let address = nodes[0].transport.local_addr();
 
         let mut stream = authenticated_raw_connection(address, NodeId(3)).await;
         let mut frames = Vec::new();
-        encode_frame(&postcard::to_allocvec(&ping(5)).unwrap(), &mut frames, 64)
-            .unwrap();
+        encode_frame(&postcard::to_allocvec(&ping(5)).unwrap(), &mut frames, 64).unwrap();
         // A variant index no TestMessage has.
         encode_frame(&[200, 1], &mut frames, 64).unwrap();
         stream.write_all(&frames).await.unwrap();
@@ -274,7 +304,10 @@ async fn a_bad_frame_from_an_authenticated_peer_closes_only_that_connection() {
         let _ = stream.read_to_end(&mut rest).await;
 
         let mut stream = authenticated_raw_connection(address, NodeId(3)).await;
-        stream.write_all(&(32 * 1024 * 1024u32).to_be_bytes()).await.unwrap();
+        stream
+            .write_all(&(32 * 1024 * 1024u32).to_be_bytes())
+            .await
+            .unwrap();
         let _ = stream.read_to_end(&mut rest).await;
 
         let mut stream = authenticated_raw_connection(address, NodeId(3)).await;
@@ -308,7 +341,9 @@ async fn a_down_peer_queues_to_the_bound_then_receives_after_it_starts() {
         assert_eq!(before.messages_dropped_queue_full, 20 - queue_bound);
 
         let mut node_2 = TestNode::start(later_config).await;
-        let queued: Vec<_> = (0..queue_bound).map(|sequence| (NodeId(1), ping(sequence))).collect();
+        let queued: Vec<_> = (0..queue_bound)
+            .map(|sequence| (NodeId(1), ping(sequence)))
+            .collect();
         assert_eq!(node_2.receive(queue_bound as usize).await, queued);
         node_1.transport.send(NodeId(2), ping(100)).unwrap();
         assert_eq!(node_2.receive(1).await, vec![(NodeId(1), ping(100))]);
@@ -369,12 +404,20 @@ async fn a_blocked_link_drops_and_clearing_restores_it() {
             ..LinkRule::default()
         };
         nodes[0].transport.set_link_rule(NodeId(2), blocked.clone());
-        assert_eq!(nodes[0].transport.link_rules(), BTreeMap::from([(NodeId(2), blocked)]));
+        assert_eq!(
+            nodes[0].transport.link_rules(),
+            BTreeMap::from([(NodeId(2), blocked)])
+        );
         for sequence in 0..5 {
             nodes[0].transport.send(NodeId(2), ping(sequence)).unwrap();
         }
-        nodes[1].assert_nothing_arrives(Duration::from_millis(300)).await;
-        assert_eq!(nodes[0].transport.metrics().peers[&NodeId(2)].messages_dropped_link_rule, 5);
+        nodes[1]
+            .assert_nothing_arrives(Duration::from_millis(300))
+            .await;
+        assert_eq!(
+            nodes[0].transport.metrics().peers[&NodeId(2)].messages_dropped_link_rule,
+            5
+        );
 
         // The rule is per direction: 2 -> 1 still works.
         nodes[1].transport.send(NodeId(1), ping(7)).unwrap();
@@ -407,8 +450,14 @@ async fn a_delayed_link_delivers_late_and_in_order() {
             nodes[0].transport.send(NodeId(2), ping(sequence)).unwrap();
         }
         let received = nodes[1].receive(20).await;
-        assert!(sent_at.elapsed() >= delay, "arrived after {:?}", sent_at.elapsed());
-        let expected: Vec<_> = (1..=20).map(|sequence| (NodeId(1), ping(sequence))).collect();
+        assert!(
+            sent_at.elapsed() >= delay,
+            "arrived after {:?}",
+            sent_at.elapsed()
+        );
+        let expected: Vec<_> = (1..=20)
+            .map(|sequence| (NodeId(1), ping(sequence)))
+            .collect();
         assert_eq!(received, expected);
 
         nodes[0].transport.clear_link_rules();
@@ -443,7 +492,10 @@ async fn a_lossy_link_drops_about_its_fraction() {
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
-        assert!(sequences.windows(2).all(|pair| pair[0] < pair[1]), "order kept");
+        assert!(
+            sequences.windows(2).all(|pair| pair[0] < pair[1]),
+            "order kept"
+        );
     })
     .await;
 }
