@@ -18,11 +18,15 @@ pub enum Fault {
     Reorder,
     /// Clock drift: nodes tick at different rates.
     Skew,
+    /// Leader churn: for a while, every new leader is killed within a few
+    /// milliseconds of winning and restarted soon after (Jepsen's
+    /// kill-the-leader nemesis, sped up).
+    Churn,
 }
 
 impl Fault {
     /// Every fault kind.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::Partition,
         Fault::Crash,
         Fault::Pause,
@@ -30,6 +34,7 @@ impl Fault {
         Fault::Duplicate,
         Fault::Reorder,
         Fault::Skew,
+        Fault::Churn,
     ];
 
     /// The name used on the command line.
@@ -42,6 +47,7 @@ impl Fault {
             Fault::Duplicate => "dup",
             Fault::Reorder => "reorder",
             Fault::Skew => "skew",
+            Fault::Churn => "churn",
         }
     }
 

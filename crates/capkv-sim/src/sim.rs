@@ -46,6 +46,8 @@ enum Action {
     Heal(HealKind),
     Restart(NodeId),
     Resume(NodeId),
+    /// Kill a node (the churn nemesis aims this at fresh leaders).
+    Crash(NodeId),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +55,7 @@ enum HealKind {
     Partition,
     Network,
     Skew,
+    Churn,
 }
 
 /// A queue entry: small, so that heap operations move 24 bytes rather than
@@ -68,6 +71,7 @@ struct Scheduled {
 /// or paused.
 #[derive(Debug)]
 enum Input {
+    Tick,
     Message(NodeId, PeerMessage),
     Request {
         client: usize,
@@ -155,6 +159,8 @@ pub struct Simulation {
     /// Directed links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
     network: NetworkFaults,
+    /// While set, new leaders are killed soon after they win.
+    churn: bool,
     invariants: RaftInvariants,
     violation: Option<Violation>,
     history: Vec<HistoryEvent>,
@@ -221,6 +227,7 @@ impl Simulation {
             clients,
             cut: BTreeSet::new(),
             network: NetworkFaults::default(),
+            churn: false,
             invariants: RaftInvariants::new(),
             violation: None,
             history: Vec::new(),
@@ -358,6 +365,11 @@ impl Simulation {
             Action::NemesisStart => self.nemesis_start(),
             Action::Heal(kind) => self.heal(kind),
             Action::Restart(id) => self.restart(id),
+            Action::Crash(id) => {
+                self.crash(id);
+                let downtime = self.rng.range(50 * MS, 500 * MS);
+                self.schedule(downtime, Action::Restart(id));
+            }
             Action::Resume(id) => {
                 let index = self.node_index(id);
                 self.nodes[index].paused = false;
@@ -375,14 +387,14 @@ impl Simulation {
         if sim_node.incarnation != incarnation {
             return; // a timer of an earlier life
         }
-        let Some(node) = sim_node.node.as_mut() else {
+        if sim_node.node.is_none() {
             return; // crashed: its timers died with it
-        };
+        }
         let period = sim_node.tick_period;
-        // A paused process sees no timer; a busy one runs the tick after its
-        // turn, which we approximate by ticking now (ticks do no I/O).
-        if !sim_node.paused {
-            node.tick();
+        // A paused process sees no timer. A busy one (its turn's fsync in
+        // flight) runs the tick after the turn, like the real event loop.
+        if !sim_node.paused && sim_node.inbox.len() < INBOX_MAX {
+            sim_node.inbox.push_back(Input::Tick);
         }
         self.schedule(period, Action::Tick(id, incarnation));
         self.run_turn(index);
@@ -413,6 +425,7 @@ impl Simulation {
         };
         while let Some(input) = sim_node.inbox.pop_front() {
             match input {
+                Input::Tick => node.tick(),
                 Input::Message(from, message) => node.handle_peer_message(from, message),
                 Input::Request {
                     client,
@@ -427,16 +440,17 @@ impl Simulation {
         if !node.has_ready() {
             return;
         }
-        let ready = node.ready();
+        let mut ready = node.ready();
         let id = sim_node.id;
         let had_batch = !ready.batch.is_empty();
         if had_batch {
-            let batch = ready.batch.clone();
+            let batch = std::mem::take(&mut ready.batch);
             if let Err(error) = sim_node.storage.write(batch) {
                 panic!("simulated storage cannot fail: {error}");
             }
         }
-        self.check_events(index, &ready);
+        // The turn's events are checked when its sync completes: what a
+        // crash wipes out before then never happened to anyone outside.
         self.nodes[index].in_flight = Some(ready);
         // An fsync takes 0.2 to 2 ms; a turn without one, a few microseconds.
         let delay = if had_batch {
@@ -448,6 +462,16 @@ impl Simulation {
     }
 
     fn check_events(&mut self, index: usize, ready: &NodeReady) {
+        let id = self.nodes[index].id;
+        let mut new_leader = false;
+        self.check_each_event(index, ready, &mut new_leader);
+        if new_leader && self.rng.chance(0.7) {
+            let delay = self.rng.range(MS, 30 * MS);
+            self.schedule(delay, Action::Crash(id));
+        }
+    }
+
+    fn check_each_event(&mut self, index: usize, ready: &NodeReady, new_leader: &mut bool) {
         let id = self.nodes[index].id;
         for event in &ready.events {
             let Some(node) = self.nodes[index].node.as_ref() else {
@@ -466,6 +490,9 @@ impl Simulation {
                             self.now as f64 / 1e6,
                             role.as_str()
                         ));
+                    }
+                    if *role == Role::Leader && self.churn {
+                        *new_leader = true;
                     }
                     if *role == Role::Leader {
                         self.invariants.on_leader(id, raft)
@@ -516,6 +543,7 @@ impl Simulation {
         if let Err(error) = self.nodes[index].storage.sync() {
             panic!("simulated storage cannot fail: {error}");
         }
+        self.check_events(index, &ready);
         for (to, message) in ready.messages {
             self.send(id, to, message);
         }
@@ -645,6 +673,11 @@ impl Simulation {
                 ));
                 self.schedule(duration, Action::Heal(HealKind::Network));
             }
+            Fault::Churn => {
+                self.churn = true;
+                self.note("leader churn: new leaders will be killed".into());
+                self.schedule(duration, Action::Heal(HealKind::Churn));
+            }
             Fault::Skew => {
                 let base = self.config.tick_ms * MS;
                 let mut rates = Vec::new();
@@ -754,6 +787,10 @@ impl Simulation {
                 self.network = NetworkFaults::default();
                 self.note("network healed".into());
             }
+            HealKind::Churn => {
+                self.churn = false;
+                self.note("leader churn over".into());
+            }
             HealKind::Skew => {
                 let base = self.config.tick_ms * MS;
                 for node in &mut self.nodes {
@@ -806,6 +843,7 @@ impl Simulation {
     // ----- end of run -----
 
     fn heal_everything(&mut self) {
+        self.churn = false;
         self.cut.clear();
         self.network = NetworkFaults::default();
         let base = self.config.tick_ms * MS;

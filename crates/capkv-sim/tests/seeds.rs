@@ -74,6 +74,7 @@ fn seeds_151_to_200_pass_every_checker_under_every_fault() {
 fn pinned_seed_4_full_inflight_window_recovers_after_follower_crash() {
     let mut config = SimConfig::new(4, 5);
     config.duration_ms = 20_000;
+    config.faults.retain(|fault| *fault != Fault::Churn);
     let report = capkv_sim::run(config);
     assert!(report.passed(), "{}", describe(&report));
 }
@@ -81,12 +82,16 @@ fn pinned_seed_4_full_inflight_window_recovers_after_follower_crash() {
 /// Pinned: seeds 4, 10 and 14 (5 nodes, 20 s) once failed linearizability:
 /// a duplicated `Forward` message made the leader propose one client write
 /// twice, and the second copy landed after the client had been told the
-/// write failed. The leader now refuses forward ids it has already served.
+/// write failed. The leader now refuses forward ids it has already served
+/// (and `capkv-node`'s unit test pins the mechanism itself, since a seed's
+/// schedule shifts whenever the simulator changes).
 #[test]
 fn pinned_seeds_4_10_14_duplicated_forward_is_proposed_once() {
     for seed in [4, 10, 14] {
         let mut config = SimConfig::new(seed, 5);
         config.duration_ms = 20_000;
+        // The fault set they were found with (before leader churn existed).
+        config.faults.retain(|fault| *fault != Fault::Churn);
         let report = capkv_sim::run(config);
         assert!(report.passed(), "{}", describe(&report));
     }
@@ -103,11 +108,13 @@ fn the_same_seed_gives_the_same_run() {
     assert_ne!(first.trace_hash, other.trace_hash);
 }
 
-/// Finds the first seed in `1..=seeds_max` on which `bugs` is caught.
+/// Finds the first seed in `1..=seeds_max` on which `bugs` is caught, under
+/// the faults that change leaders most: crashes, leader churn, partitions.
 fn first_seed_catching(bugs: DeliberateBugs, seeds_max: u64) -> Option<(u64, SimReport)> {
     (1..=seeds_max).find_map(|seed| {
         let mut config = config(seed, 5);
         config.duration_ms = 20_000;
+        config.faults = vec![Fault::Partition, Fault::Crash, Fault::Churn];
         config.bugs = bugs;
         let report = capkv_sim::run(config);
         (!report.passed()).then_some((seed, report))
@@ -137,6 +144,6 @@ fn bad_configs_are_refused_with_a_reason() {
     config.clients = 0;
     assert!(config.validate().is_err());
     assert!(Fault::parse_list("partition,bogus").is_err());
-    assert_eq!(Fault::parse_list("all").map(|f| f.len()), Ok(7));
+    assert_eq!(Fault::parse_list("all").map(|f| f.len()), Ok(8));
     assert_eq!(Fault::parse_list("none"), Ok(vec![]));
 }

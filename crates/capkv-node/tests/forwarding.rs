@@ -1,0 +1,135 @@
+//! Forwarding between nodes, driven by hand (no simulator).
+
+use capkv_core::NodeId;
+use capkv_node::{
+    BucketMode, BucketSpec, Command, Node, NodeConfig, PeerMessage, Request, Response,
+};
+use capkv_storage::{MemStorage, Storage};
+
+/// A one-node cluster that leads itself after enough ticks.
+fn single_leader() -> (Node, MemStorage) {
+    let storage = MemStorage::new();
+    let mut node = Node::restore(NodeConfig::new(NodeId(1), vec![NodeId(1)], 1), &storage).unwrap();
+    for _ in 0..40 {
+        node.tick();
+    }
+    (node, storage)
+}
+
+fn run(
+    node: &mut Node,
+    storage: &mut MemStorage,
+) -> (Vec<(u64, Response)>, Vec<(NodeId, PeerMessage)>) {
+    let mut responses = Vec::new();
+    let mut messages = Vec::new();
+    for _ in 0..10 {
+        if !node.has_ready() {
+            break;
+        }
+        let ready = node.ready();
+        storage.write(ready.batch).unwrap();
+        storage.sync().unwrap();
+        responses.extend(ready.responses);
+        messages.extend(ready.messages);
+    }
+    (responses, messages)
+}
+
+/// Only voters may forward: a stranger's Forward is dropped unanswered.
+#[test]
+fn a_forward_from_a_stranger_is_ignored() {
+    let (mut node, mut storage) = single_leader();
+    run(&mut node, &mut storage);
+    node.handle_request(
+        1,
+        Request::Write(Command::CreateBucket {
+            name: "b".into(),
+            spec: BucketSpec {
+                mode: BucketMode::Cp,
+                replicas: 1,
+            },
+        }),
+    );
+    run(&mut node, &mut storage);
+    let last_before = node.raft().log().last_index();
+    let forward = PeerMessage::Forward {
+        forward_id: 7,
+        request: Request::Write(Command::Put {
+            bucket: "b".into(),
+            key: "k".into(),
+            value: b"v".to_vec(),
+        }),
+    };
+    // A stranger's forward is ignored: node 2 is not a voter here.
+    node.handle_peer_message(NodeId(2), forward.clone());
+    run(&mut node, &mut storage);
+    assert_eq!(node.raft().log().last_index(), last_before);
+}
+
+/// The simulator found this (seeds 4, 10, 14): a duplicated Forward was
+/// proposed twice. A leader that gets the same Forward twice from a voter
+/// appends one entry.
+#[test]
+fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
+    let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let mut storages: Vec<MemStorage> = (0..3).map(|_| MemStorage::new()).collect();
+    let mut nodes: Vec<Node> = voters
+        .iter()
+        .zip(&storages)
+        .map(|(id, storage)| {
+            Node::restore(NodeConfig::new(*id, voters.clone(), 9), storage).unwrap()
+        })
+        .collect();
+    // Elect a leader by ticking node 1 alone and delivering every message.
+    let mut leader = None;
+    for _ in 0..200 {
+        nodes[0].tick();
+        let mut queue: Vec<(NodeId, NodeId, PeerMessage)> = Vec::new();
+        for (index, node) in nodes.iter_mut().enumerate() {
+            let (_, messages) = run(node, &mut storages[index]);
+            queue.extend(
+                messages
+                    .into_iter()
+                    .map(|(to, m)| (NodeId(index as u64 + 1), to, m)),
+            );
+        }
+        for _ in 0..20 {
+            let mut next = Vec::new();
+            for (from, to, message) in queue.drain(..) {
+                let index = (to.0 - 1) as usize;
+                nodes[index].handle_peer_message(from, message);
+                let (_, messages) = run(&mut nodes[index], &mut storages[index]);
+                next.extend(messages.into_iter().map(|(t, m)| (to, t, m)));
+            }
+            queue = next;
+            if queue.is_empty() {
+                break;
+            }
+        }
+        if let Some(l) = nodes[0].raft().leader() {
+            leader = Some(l);
+            break;
+        }
+    }
+    let leader = leader.expect("a leader within 200 ticks");
+    let leader_index = (leader.0 - 1) as usize;
+    let from = voters.iter().copied().find(|id| *id != leader).unwrap();
+    let forward = PeerMessage::Forward {
+        forward_id: 42,
+        request: Request::Write(Command::CreateBucket {
+            name: "b".into(),
+            spec: BucketSpec {
+                mode: BucketMode::Cp,
+                replicas: 3,
+            },
+        }),
+    };
+    let before = nodes[leader_index].raft().log().last_index();
+    nodes[leader_index].handle_peer_message(from, forward.clone());
+    nodes[leader_index].handle_peer_message(from, forward);
+    run(&mut nodes[leader_index], &mut storages[leader_index]);
+    assert_eq!(
+        nodes[leader_index].raft().log().last_index().0,
+        before.0 + 1
+    );
+}
