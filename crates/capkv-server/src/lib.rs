@@ -180,6 +180,8 @@ pub async fn run(config: ServerConfig, mut shutdown: watch::Receiver<bool>) -> a
 /// Runs a node in its own tokio runtime until Ctrl-C or SIGTERM.
 pub fn run_node(config: ServerConfig) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -1,5 +1,9 @@
 //! The `capkv` command line: parses arguments and calls library code.
 
+mod bench;
+mod client_commands;
+mod demo;
+mod node_command;
 mod sim_command;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +33,14 @@ enum Command {
         /// The history file, or `-` for standard input.
         file: String,
     },
+    /// Start a local cluster of node processes in one command.
+    Demo(demo::DemoArgs),
+    /// Run one node of a cluster until Ctrl-C or SIGTERM.
+    Node(node_command::NodeArgs),
+    /// Measure throughput and latency against a running cluster.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(client_commands::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +48,10 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Sim(args) => sim_command::run(&args),
         Command::Check { model, file } => check(&model, &file),
+        Command::Demo(args) => demo::run(args),
+        Command::Node(args) => node_command::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Client(command) => client_commands::run(command),
     };
     ExitCode::from(code)
 }
@@ -55,4 +71,154 @@ fn check(model: &str, file: &str) -> u8 {
     };
     let code = capkv_check::run_check_command(input, &mut stdout, model);
     u8::try_from(code).unwrap_or(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(words: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("capkv").chain(words.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_commands_parse() {
+        let cli = parse(&[
+            "put",
+            "bank",
+            "alice",
+            "100",
+            "--if-version",
+            "3",
+            "--endpoint",
+            "http://127.0.0.1:8002",
+        ])
+        .unwrap();
+        let Command::Client(client_commands::ClientCommand::Put(put)) = cli.command else {
+            panic!("not a put");
+        };
+        assert_eq!(
+            (put.bucket.as_str(), put.key.as_str(), put.value.as_str()),
+            ("bank", "alice", "100")
+        );
+        assert_eq!(put.if_version, Some(3));
+        assert_eq!(put.endpoint.endpoint, "http://127.0.0.1:8002");
+        assert!(parse(&["get", "bank", "alice", "--consistency", "stale"]).is_ok());
+        assert!(parse(&["get", "bank", "alice", "--consistency", "eventual"]).is_err());
+        assert!(parse(&[
+            "bucket",
+            "create",
+            "bank",
+            "--mode",
+            "cp",
+            "--replicas",
+            "3",
+            "--conflict",
+            "lww"
+        ])
+        .is_ok());
+        assert!(
+            parse(&["bucket", "create", "bank"]).is_err(),
+            "--mode is required"
+        );
+        assert!(parse(&["delete", "bank", "alice"]).is_ok());
+        assert!(parse(&["cluster", "status"]).is_ok());
+    }
+
+    #[test]
+    fn nemesis_commands_parse_strictly() {
+        let cli = parse(&["nemesis", "partition", "1|2,3", "--admin-token", "t"]).unwrap();
+        let Command::Client(client_commands::ClientCommand::Nemesis {
+            command: client_commands::NemesisCommand::Partition { groups, admin, .. },
+        }) = cli.command
+        else {
+            panic!("not a partition");
+        };
+        assert_eq!(groups.0, vec![vec![1], vec![2, 3]]);
+        assert_eq!(admin.admin_token.as_deref(), Some("t"));
+        let error = parse(&["nemesis", "partition", "1|2,b"]).err().unwrap();
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("is not a node id"), "{error}");
+        assert!(parse(&["nemesis", "heal"]).is_ok());
+        assert!(parse(&["nemesis", "delay", "--from", "1", "--to", "2", "--ms", "150"]).is_ok());
+        assert!(parse(&[
+            "nemesis",
+            "loss",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--probability",
+            "0.3"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "nemesis",
+            "loss",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--probability",
+            "3"
+        ])
+        .is_err());
+        assert!(parse(&["nemesis", "show"]).is_ok());
+    }
+
+    #[test]
+    fn node_demo_and_bench_parse() {
+        let cli = parse(&[
+            "node",
+            "--id",
+            "1",
+            "--data-dir",
+            "/tmp/n1",
+            "--listen",
+            "127.0.0.1:7001",
+            "--http",
+            "127.0.0.1:8001",
+            "--peers",
+            "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
+            "--peer-http",
+            "1=127.0.0.1:8001",
+            "--tick-ms",
+            "10",
+        ])
+        .unwrap();
+        let Command::Node(node) = cli.command else {
+            panic!("not a node");
+        };
+        assert_eq!(node.peers.unwrap().0.len(), 3);
+        assert!(parse(&["node", "--peers", "1=127.0.0.1:7001,x=127.0.0.1:7002"]).is_err());
+        assert!(parse(&["demo", "--nodes", "5", "--base-peer-port", "9001"]).is_ok());
+        let cli = parse(&[
+            "bench",
+            "--endpoint",
+            "http://127.0.0.1:8001",
+            "--endpoint",
+            "http://127.0.0.1:8002",
+            "--bucket",
+            "b",
+            "--workload",
+            "mixed",
+            "--duration",
+            "500ms",
+            "--create-bucket",
+            "cp",
+        ])
+        .unwrap();
+        let Command::Bench(bench) = cli.command else {
+            panic!("not a bench");
+        };
+        assert_eq!(bench.endpoints.len(), 2);
+        assert_eq!(bench.duration, std::time::Duration::from_millis(500));
+        assert!(parse(&["bench", "--duration", "10 parsecs"]).is_err());
+    }
 }
