@@ -203,7 +203,8 @@ pub fn run_node(config: ServerConfig) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// Returns when the process gets Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
