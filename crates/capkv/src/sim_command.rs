@@ -162,8 +162,9 @@ pub fn run(args: &SimArgs) -> u8 {
             Err(text) => format!("FAILED {text}"),
         };
         say!(
-            "seed {seed}: simulated {:.1}s, ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
+            "seed {seed}: simulated {:.1}s ({} events), ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
             report.simulated_ms as f64 / 1000.0,
+            report.events,
             report.ops_ok,
             report.ops_fail,
             report.ops_info,
