@@ -95,7 +95,7 @@ impl Simulation {
     fn fresh_value(&mut self) -> Value {
         self.next_value += 1;
         // A mix of strings and numbers, as real histories have.
-        if self.next_value % 3 == 0 {
+        if self.next_value.is_multiple_of(3) {
             Value::String(format!("v{}", self.next_value))
         } else {
             Value::from(self.next_value)

@@ -1,5 +1,8 @@
 //! Forwarding between nodes, driven by hand (no simulator).
 
+// Test set-up helpers panic on failure like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
 use capkv_core::NodeId;
 use capkv_node::{
     BucketMode, BucketSpec, Command, Node, NodeConfig, PeerMessage, Request, Response,
@@ -16,10 +19,10 @@ fn single_leader() -> (Node, MemStorage) {
     (node, storage)
 }
 
-fn run(
-    node: &mut Node,
-    storage: &mut MemStorage,
-) -> (Vec<(u64, Response)>, Vec<(NodeId, PeerMessage)>) {
+/// What a node's turns produced: answers and messages.
+type Outputs = (Vec<(u64, Response)>, Vec<(NodeId, PeerMessage)>);
+
+fn run(node: &mut Node, storage: &mut MemStorage) -> Outputs {
     let mut responses = Vec::new();
     let mut messages = Vec::new();
     for _ in 0..10 {

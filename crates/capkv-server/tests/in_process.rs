@@ -2,6 +2,9 @@
 //! sockets and real disks, driven over HTTP. The real-process tests (kill -9,
 //! partitions) live in the `capkv` crate.
 
+// Test set-up helpers panic on failure like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
 use capkv_core::NodeId;
 use capkv_server::{PeerAddress, ServerConfig};
 use serde_json::Value;
