@@ -3,7 +3,7 @@
 
 use crate::event::{Event, InputError, Limits};
 use crate::history::split_by_key;
-use crate::search::{search, SearchOptions, SearchOutcome};
+use crate::search::{search_counting_steps, SearchOptions, SearchOutcome};
 use crate::window::{explain, find_window, window_events};
 
 /// The result of checking a history.
@@ -41,23 +41,24 @@ pub struct Violation {
 /// call it directly; errors then name the 1-based position of the event.
 pub fn check_events(events: &[Event], limits: &Limits) -> Result<Verdict, InputError> {
     let split = split_by_key(events, limits)?;
-    let options = SearchOptions {
-        steps_max: None,
-        record_stuck_point: false,
-    };
     for history in &split.keys {
         let ops = history.search_ops();
-        match search(&ops, options) {
-            SearchOutcome::Linearizable => {}
-            SearchOutcome::NotLinearizable(_) => {
-                let window = find_window(&ops);
+        match search_counting_steps(&ops, SearchOptions::CHECK) {
+            (SearchOutcome::Linearizable, _) => {}
+            (SearchOutcome::NotLinearizable(failure), steps) => {
+                // Where to look first: the observer an early dead-end check
+                // found stranded, then the operation the search got stuck on.
+                let blocking = failure.stuck_point.map(|stuck_point| stuck_point.blocking);
+                let mut hints = failure.stranded_observers;
+                hints.extend(blocking);
+                let window = find_window(&ops, steps, &hints);
                 return Ok(Verdict::NotLinearizable(Violation {
                     key: history.key.clone(),
                     window: window_events(history, &window, events),
                     explanation: explain(history, &window),
                 }));
             }
-            SearchOutcome::BudgetExhausted => {
+            (SearchOutcome::BudgetExhausted, _) => {
                 unreachable!("a search without a step budget runs to its end")
             }
         }

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::event::{Event, EventType, InputError, Limits, OpKind};
 use crate::parse::Validator;
-use crate::search::{ModelOp, SearchOp, ValueId, ABSENT};
+use crate::search::{ModelOp, SearchOp, ValueId, ABSENT, UNOBSERVED};
 
 /// How an operation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +69,9 @@ impl KeyHistory {
             return *id;
         }
         let id = ValueId::try_from(self.values.len())
-            .expect("a key has fewer interned values than events, and events fit in memory");
+            .ok()
+            .filter(|&id| id != UNOBSERVED)
+            .expect("a key has fewer distinct values than u32::MAX: events_max keeps it so");
         self.values.push(value.clone());
         self.value_ids.insert(text, id);
         id
@@ -100,9 +102,17 @@ impl KeyHistory {
     /// not swap) is not required to be ordered, as in Knossos and Jepsen.
     /// Reads with an unknown outcome constrain nothing and are left out too.
     /// Writes with an unknown outcome whose value nobody ever observes are
-    /// left out as well: see [`crate`]'s docs for why that is sound.
+    /// left out as well: see [`crate`]'s docs for why that is sound. Other
+    /// values nobody observes become [`UNOBSERVED`].
     pub(crate) fn search_ops(&self) -> Vec<SearchOp> {
         let observed = self.observed_values();
+        let merge_unobserved = |value: ValueId| {
+            if value == ABSENT || observed[value as usize] {
+                value
+            } else {
+                UNOBSERVED
+            }
+        };
         let mut search_ops = Vec::with_capacity(self.operations.len());
         for (origin, operation) in self.operations.iter().enumerate() {
             let keep = match operation.outcome {
@@ -115,8 +125,18 @@ impl KeyHistory {
                 },
             };
             if keep {
+                let model_op = match operation.model_op {
+                    ModelOp::Write { value } => ModelOp::Write {
+                        value: merge_unobserved(value),
+                    },
+                    ModelOp::Cas { expected, new } => ModelOp::Cas {
+                        expected,
+                        new: merge_unobserved(new),
+                    },
+                    read @ ModelOp::Read { .. } => read,
+                };
                 search_ops.push(SearchOp {
-                    model_op: operation.model_op,
+                    model_op,
                     call_position: operation.invoke_position,
                     return_position: match operation.outcome {
                         Outcome::Ok => operation.completion_position,

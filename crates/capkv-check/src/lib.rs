@@ -46,22 +46,52 @@
 //! lifted entries. Optional operations are tried after the mandatory ones at
 //! each step. The search succeeds once every `ok` operation is placed.
 //!
-//! Bounds: the per-key search holds the entry lists, bitsets and a stack,
-//! all linear in the key's operations (at most [`Limits::ops_per_key_max`]),
-//! plus the memo cache, capped at 256 MiB per key: a cache key is the
-//! register value plus the placed set from its first unplaced operation on,
-//! which is a few words when concurrency is low. Past the cap the search
-//! goes on without memoising new states: still correct, but the worst case
-//! is then exponential in the number of concurrent operations, as checking
-//! linearizability is NP-complete in general. The search itself has no
-//! time limit. The parsed history takes at most
-//! `events_max × line_bytes_max` bytes of input.
+//! Four register-specific prunings, each argued in `search.rs` and checked
+//! against a brute-force checker on thousands of small random histories,
+//! keep busy keys fast:
 //!
-//! The window of a violation is computed by [`check_events`] in three
-//! bounded steps (shortest failing prefix by binary search, then a failing
-//! suffix of it, then dropping operations one at a time); at most 2,000
-//! re-checks and 20 million search steps are spent on it. The window fails
-//! the check on its own. See `window.rs` for the details.
+//! 1. A callable read that the current value satisfies is placed as the
+//!    only choice at its node (a read changes nothing, so it can move first).
+//! 2. An optional operation is placed only right before a callable
+//!    operation that observes the value it writes.
+//! 3. Placing an operation that moves the register away from value `v` is a
+//!    dead end when an unplaced operation still needs `v` and nothing left
+//!    can write `v` again (a stale read is found where it is caused, not
+//!    after every order of what lies between).
+//! 4. An operation needing a value that no operation called before its
+//!    return writes fails the key before the search starts (a read "from
+//!    the future").
+//!
+//! Values that nothing observes are merged into one, so orders of blind
+//! writes that differ only in which unobserved value is left collapse into
+//! one cached state.
+//!
+//! Bounds: the per-key search holds the entry lists, bitsets, per-value
+//! counts and a stack, all linear in the key's operations (at most
+//! [`Limits::ops_per_key_max`]), plus the memo cache, capped at 256 MiB per
+//! key: a cache key is the register value plus the placed set from its
+//! first unplaced operation on, which is a few words when concurrency is
+//! low. Past the cap the search goes on without memoising new states: still
+//! correct, but the worst case is then exponential in the number of
+//! concurrent operations, as checking linearizability is NP-complete in
+//! general. The check itself has no time limit. The parsed history takes at
+//! most `events_max × line_bytes_max` bytes of input.
+//!
+//! ## The window of a violation
+//!
+//! A window is a set of the failing key's operations that cannot be ordered
+//! even on their own, reported as their invoke and completion events. It is
+//! found in steps, each re-checking candidate sub-histories with the same
+//! search: first small suffixes ending at the operations the failed search
+//! points to (a stranded read, the operation it got stuck on); failing
+//! that, the shortest failing prefix (galloping, then bisecting over
+//! returns) and a failing suffix of it; then operations are dropped one at a
+//! time while the rest still fails, never dropping the only writer of a
+//! value a remaining operation observes, so a stale read comes with the
+//! writes that make it stale. It costs at most 2,000 re-checks and the
+//! larger of 20 million search steps and 32 times the steps of the failed
+//! check; a re-check out of budget counts as "not shown to fail", so the
+//! window always fails. Details in `window.rs`.
 //!
 //! ## Layout
 //!
@@ -80,8 +110,11 @@
 //!   scans, no queues or sets.
 //! - Anomalies weaker than linearizability (serializability, causal
 //!   consistency): it answers yes or no for linearizability only.
-//! - Time limits: a pathological history with very many concurrent
-//!   operations on one key can take exponential time. Cancel from outside.
+//! - Time limits on the check: a pathological history with very many
+//!   concurrent operations on one key can take exponential time; only the
+//!   shrinking of a window is budgeted. Cancel from outside.
+//! - Guarantee a minimum window: it is small, and fails on its own, but
+//!   another smaller one may exist.
 //! - Reading files or clocks: input comes from a reader, the report goes to
 //!   a writer, and the same input always gives the same output.
 

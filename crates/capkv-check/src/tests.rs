@@ -882,43 +882,34 @@ fn the_search_agrees_with_brute_force_on_small_random_histories() {
 }
 
 #[test]
-#[ignore = "scratch"]
-fn scratch_report() {
-    let mut rng = TestRng(0x1234_5678);
-    let mut failing = 0;
-    for round in 0..40_000 {
-        let events = random_history(&mut rng, if round % 2 == 0 { 7 } else { 8 });
-        let expected = brute_force_linearizable(&plain_operations(&events));
-        match check(&events) {
-            Verdict::Linearizable { .. } => assert!(expected, "missed violation: {events:#?}"),
-            Verdict::NotLinearizable(violation) => {
-                assert!(!expected, "false alarm: {events:#?}");
-                let window = plain_operations(&violation.window);
-                assert!(!brute_force_linearizable(&window), "{violation:#?}");
-                failing += 1;
-            }
-        }
-    }
-    println!("failing {failing}/40000");
-    for (operations, keys, processes) in [(20_000, 1, 50), (100_000, 10, 20), (100_000, 2, 100)] {
-        let events = generate_register_history(7, operations, keys, processes);
-        let started = std::time::Instant::now();
-        let verdict = check(&events);
-        println!(
-            "{operations} {keys} {processes}: {verdict:?} in {:?}",
-            started.elapsed()
-        );
-        let mut flipped = events.clone();
-        flip_one_read(&mut flipped);
-        let started = std::time::Instant::now();
-        let Verdict::NotLinearizable(violation) = check(&flipped) else {
-            panic!()
-        };
-        println!(
-            "  flipped: window {} events in {:?}\n  {}",
-            violation.window.len(),
-            started.elapsed(),
-            violation.explanation
+fn anomalies_planted_in_a_busy_history_are_found_with_small_windows() {
+    // One key and 30 processes: about 20 operations in flight at any time.
+    let events = generate_register_history(21, 5_000, 1, 30);
+    assert_linearizable(&events);
+    let (read_position, _) = events
+        .iter()
+        .enumerate()
+        .skip(events.len() / 2)
+        .find(|(_, event)| event.kind == EventType::Ok && event.f == OpKind::Read)
+        .expect("a generated history has reads");
+    let written = |skip: usize| {
+        events
+            .iter()
+            .skip(skip)
+            .find(|event| event.kind == EventType::Ok && event.f == OpKind::Write)
+            .map(|event| event.value.clone())
+            .expect("a generated history has writes")
+    };
+    // A read of the key's first value, long overwritten; a read of a value
+    // written only much later.
+    for planted in [written(0), written(read_position + 1_000)] {
+        let mut mutated = events.clone();
+        mutated[read_position].value = planted.clone();
+        let violation = assert_not_linearizable(&mutated);
+        assert!(operations_in(&violation.window) <= 4, "{violation:#?}");
+        assert!(
+            violation.window.contains(&mutated[read_position]),
+            "the planted read is in the window: {violation:#?}"
         );
     }
 }
