@@ -459,13 +459,16 @@ async fn call(
     }
     let response = match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(response)) => response,
-        Ok(Err(_)) => {
+        Ok(Err(_)) if state.inputs.is_closed() => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the node is shutting down",
             ))
         }
+        // The loop forgot the request because its deadline passed (its
+        // clock and ours race by a hair): that is the deadline answer.
+        Ok(Err(_)) => return Err(deadline_error(state, timeout_ms, mutates)),
         Err(_) => return Err(deadline_error(state, timeout_ms, mutates)),
     };
     match response {
