@@ -356,15 +356,9 @@ async fn put_key(
             NodeResponse::Applied(Applied::Written { version }) => {
                 Ok((StatusCode::OK, json!({ "version": version })))
             }
-            NodeResponse::Applied(Applied::CasFailed { current_version }) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "version_mismatch",
-                format!(
-                    "if_version={} does not match the current version {current_version}",
-                    query.if_version.unwrap_or(0)
-                ),
-            )
-            .with("current_version", Value::from(current_version))),
+            NodeResponse::Applied(Applied::CasFailed { current_version }) => {
+                Err(version_mismatch(query.if_version, current_version))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -393,12 +387,9 @@ async fn delete_key(
             NodeResponse::Applied(Applied::Deleted { existed }) => {
                 Ok((StatusCode::OK, json!({ "deleted": existed })))
             }
-            NodeResponse::Applied(Applied::CasFailed { current_version }) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "version_mismatch",
-                format!("the current version is {current_version}"),
-            )
-            .with("current_version", Value::from(current_version))),
+            NodeResponse::Applied(Applied::CasFailed { current_version }) => {
+                Err(version_mismatch(query.if_version, current_version))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -501,6 +492,19 @@ fn deadline_error(state: &AppState, timeout_ms: u64, mutates: bool) -> ApiError 
     } else {
         error
     }
+}
+
+/// `409 version_mismatch`: an `if_version` write found another version.
+fn version_mismatch(if_version: Option<u64>, current_version: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "version_mismatch",
+        format!(
+            "if_version={} does not match the current version {current_version}",
+            if_version.unwrap_or(0)
+        ),
+    )
+    .with("current_version", Value::from(current_version))
 }
 
 fn request_error(error: RequestError) -> ApiError {
