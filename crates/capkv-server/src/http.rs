@@ -343,15 +343,7 @@ async fn put_key(
             ));
         }
         let value = read_body(body, VALUE_BYTES_MAX).await?.to_vec();
-        let command = match query.if_version {
-            Some(version) => Command::Cas {
-                bucket,
-                key,
-                expected: Expected::Version(version),
-                value: Some(value),
-            },
-            None => Command::Put { bucket, key, value },
-        };
+        let command = write_command(bucket, key, query.if_version, Some(value));
         match call(&state, Request::Write(command), query.timeout_ms, true).await? {
             NodeResponse::Applied(Applied::Written { version }) => {
                 Ok((StatusCode::OK, json!({ "version": version })))
@@ -374,15 +366,7 @@ async fn delete_key(
     let result = async {
         let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
         let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-        let command = match query.if_version {
-            Some(version) => Command::Cas {
-                bucket,
-                key,
-                expected: Expected::Version(version),
-                value: None,
-            },
-            None => Command::Delete { bucket, key },
-        };
+        let command = write_command(bucket, key, query.if_version, None);
         match call(&state, Request::Write(command), query.timeout_ms, true).await? {
             NodeResponse::Applied(Applied::Deleted { existed }) => {
                 Ok((StatusCode::OK, json!({ "deleted": existed })))
@@ -491,6 +475,26 @@ fn deadline_error(state: &AppState, timeout_ms: u64, mutates: bool) -> ApiError 
         error.with("outcome", Value::from("unknown"))
     } else {
         error
+    }
+}
+
+/// The command for a PUT (`value: Some`) or DELETE (`None`), made
+/// conditional on the key's version when `if_version` is given.
+fn write_command(
+    bucket: String,
+    key: String,
+    if_version: Option<u64>,
+    value: Option<Vec<u8>>,
+) -> Command {
+    match (if_version, value) {
+        (Some(version), value) => Command::Cas {
+            bucket,
+            key,
+            expected: Expected::Version(version),
+            value,
+        },
+        (None, Some(value)) => Command::Put { bucket, key, value },
+        (None, None) => Command::Delete { bucket, key },
     }
 }
 

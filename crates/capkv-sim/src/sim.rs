@@ -211,9 +211,14 @@ impl Simulation {
             .collect();
         let clients = (0..config.clients as usize)
             .map(|index| {
-                let mut client = Client::new(index, config.keys, config.nodes, rng.fork());
-                client.configure(config.clients, config.client_timeout_ms * MS);
-                client
+                Client::new(
+                    index,
+                    config.clients,
+                    config.keys,
+                    config.nodes,
+                    config.client_timeout_ms * MS,
+                    rng.fork(),
+                )
             })
             .collect();
         let mut sim = Simulation {

@@ -92,12 +92,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// Client number `index` of a cluster of `nodes` nodes, using `keys` keys.
-    pub fn new(index: usize, keys: u64, nodes: u64, rng: Rng) -> Client {
+    /// Client number `index` of `clients_total`, against `nodes` nodes,
+    /// using `keys` keys, giving up on an operation after `timeout`.
+    pub fn new(
+        index: usize,
+        clients_total: u64,
+        keys: u64,
+        nodes: u64,
+        timeout: Micros,
+        rng: Rng,
+    ) -> Client {
         Client {
             index,
             process: index as u64,
-            clients_total: 0,
+            clients_total,
             keys,
             nodes,
             rng,
@@ -107,14 +115,8 @@ impl Client {
             writes: 0,
             last_seen: BTreeMap::new(),
             outcomes: Vec::new(),
-            timeout: 1_000 * MS,
+            timeout,
         }
-    }
-
-    /// Sets how many clients exist (process ids step by it) and the timeout.
-    pub fn configure(&mut self, clients_total: u64, timeout: Micros) {
-        self.clients_total = clients_total;
-        self.timeout = timeout;
     }
 
     /// Records that request `request_id` went out with `deadline`.
