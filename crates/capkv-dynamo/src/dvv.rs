@@ -340,7 +340,7 @@ mod base64url {
 /// One replica's state for one key in siblings mode: the causal context and
 /// the concurrent values, each with the dot of the write that made it.
 /// `None` is a tombstone (a delete).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DvvSet<V> {
     /// Every write this replica has seen for the key, surviving or not.
     context: VersionVector,
@@ -415,12 +415,31 @@ impl<V: Clone> DvvSet<V> {
         value: Option<V>,
         coordinator: NodeId,
     ) -> Dot {
+        self.write_after(context, value, coordinator, 0)
+    }
+
+    /// Rules 1 and 3 with a floor: the new dot's counter is also above
+    /// `floor`. A coordinator passes a node-wide counter that never goes
+    /// back, so a dot is never issued twice even for a key whose state was
+    /// removed (a reaped tombstone) and written again.
+    pub fn write_after(
+        &mut self,
+        context: &VersionVector,
+        value: Option<V>,
+        coordinator: NodeId,
+        floor: u64,
+    ) -> Dot {
         self.siblings.retain(|dot, _| !context.covers(*dot));
-        // The larger of the two counters: the client may have read from a
+        // The larger of the counters: the client may have read from a
         // replica that saw newer writes of this coordinator than this copy
         // holds (after a restore from an older copy, say), and reusing a dot
         // would make two different writes indistinguishable.
-        let counter = self.context.get(coordinator).max(context.get(coordinator)) + 1;
+        let counter = self
+            .context
+            .get(coordinator)
+            .max(context.get(coordinator))
+            .max(floor)
+            + 1;
         let dot = Dot {
             node: coordinator,
             counter,
@@ -453,6 +472,20 @@ impl<V: Clone> DvvSet<V> {
         }
         self.context.merge(other_context);
         self.assert_invariants();
+    }
+
+    /// Whether every sibling's dot is covered by the context (rule 4). A
+    /// set decoded from a peer is checked with this before it is merged.
+    pub fn is_well_formed(&self) -> bool {
+        self.siblings.keys().all(|dot| self.context.covers(*dot))
+    }
+
+    /// Joins `context` into this set's context without taking any of the
+    /// siblings it came with. Only the deliberate read-repair bug uses it: a
+    /// "merge" that keeps one side's values but everyone's history, so a
+    /// replica that syncs with it drops writes nobody superseded.
+    pub(crate) fn absorb_context(&mut self, context: &VersionVector) {
+        self.context.merge(context);
     }
 
     fn assert_invariants(&self) {

@@ -136,6 +136,11 @@ impl WriteBatch {
         });
     }
 
+    /// Moves every op of `other` to the end of this batch.
+    pub fn append(&mut self, other: &mut WriteBatch) {
+        self.ops.append(&mut other.ops);
+    }
+
     /// Total bytes of keys and values in the batch (a metric, and a bound).
     pub fn payload_bytes(&self) -> usize {
         self.ops
