@@ -649,6 +649,10 @@ impl Dynamo {
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         let now = self.now_ms;
+        if self.buckets.is_empty() && self.hints.is_empty() {
+            // A cluster without ap buckets pays nothing for them.
+            return;
+        }
         if now >= self.last_ping_ms + self.config.ping_interval_ms {
             self.last_ping_ms = now;
             for peer in self.peers() {

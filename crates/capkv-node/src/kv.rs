@@ -1,3 +1,4 @@
+use capkv_dynamo::{ApSpec, Conflict, ReadLevel, WriteLevel};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -20,13 +21,54 @@ impl BucketMode {
     }
 }
 
-/// A bucket's settings, replicated through Raft like any command.
+/// A bucket's settings, replicated through Raft like any command (so every
+/// node agrees on an ap bucket's N, conflict mode and default levels).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketSpec {
     /// cp or ap.
     pub mode: BucketMode,
     /// Copies of each key (the Raft group's size for cp buckets).
     pub replicas: u8,
+    /// How concurrent writes resolve (ap only).
+    pub conflict: Conflict,
+    /// Default read level (ap only).
+    pub read: ReadLevel,
+    /// Default write level (ap only).
+    pub write: WriteLevel,
+}
+
+impl BucketSpec {
+    /// A cp bucket on a Raft group of `replicas` voters.
+    pub fn cp(replicas: u8) -> BucketSpec {
+        BucketSpec {
+            mode: BucketMode::Cp,
+            replicas,
+            conflict: Conflict::default(),
+            read: ReadLevel::default(),
+            write: WriteLevel::default(),
+        }
+    }
+
+    /// An ap bucket with these settings.
+    pub fn ap(spec: ApSpec) -> BucketSpec {
+        BucketSpec {
+            mode: BucketMode::Ap,
+            replicas: spec.replicas,
+            conflict: spec.conflict,
+            read: spec.read,
+            write: spec.write,
+        }
+    }
+
+    /// The ap settings (`None` for a cp bucket).
+    pub fn ap_spec(&self) -> Option<ApSpec> {
+        (self.mode == BucketMode::Ap).then_some(ApSpec {
+            replicas: self.replicas,
+            conflict: self.conflict,
+            read: self.read,
+            write: self.write,
+        })
+    }
 }
 
 /// What a compare-and-set compares against.
@@ -287,10 +329,7 @@ mod tests {
     use super::*;
 
     fn cp() -> BucketSpec {
-        BucketSpec {
-            mode: BucketMode::Cp,
-            replicas: 3,
-        }
+        BucketSpec::cp(3)
     }
 
     #[test]
@@ -313,10 +352,12 @@ mod tests {
         assert_eq!(kv.apply(3, create), Applied::BucketReady { created: false });
         let other = Command::CreateBucket {
             name: "b".into(),
-            spec: BucketSpec {
-                mode: BucketMode::Ap,
+            spec: BucketSpec::ap(ApSpec {
                 replicas: 3,
-            },
+                conflict: Conflict::Lww,
+                read: ReadLevel::One,
+                write: WriteLevel::One,
+            }),
         };
         assert_eq!(
             kv.apply(4, other),

@@ -28,7 +28,14 @@
 //! are served from local state. Buckets are created by a replicated command,
 //! so a write and the bucket it needs are ordered by the log.
 //!
-//! What it does not do: ap replication and transactions (later issues).
+//! ap buckets: requests on them ([`Request::Ap`]) go to the node's
+//! [`capkv_dynamo::Dynamo`] engine with the bucket's Raft-replicated
+//! settings; its messages travel as [`PeerMessage::Dynamo`], its durable
+//! state goes into the same batch as Raft's (keyspaces `ap_data`,
+//! `ap_hints`, `ap_meta`), and [`Node::tick`] passes it physical time.
+//! cp requests on ap buckets, and ap requests on cp buckets, are refused.
+//!
+//! What it does not do: transactions (a later issue).
 
 #![warn(missing_docs)]
 
@@ -36,6 +43,10 @@ mod kv;
 mod node;
 pub mod persist;
 
+pub use capkv_dynamo::{
+    ApError, ApRequest, ApResponse, ApSpec, Conflict, DynamoBugs, DynamoConfig, DynamoMessage,
+    DynamoStats, ReadLevel, WriteLevel,
+};
 pub use kv::{Applied, BucketMode, BucketSpec, Command, Expected, KvState, Versioned};
 pub use node::{
     Node, NodeConfig, NodeError, NodeEvent, NodeReady, PeerMessage, ReadConsistency, Request,

@@ -1,6 +1,9 @@
-use crate::kv::{Applied, Command, KvState, Versioned};
+use crate::kv::{Applied, BucketMode, Command, KvState, Versioned};
 use crate::persist;
 use capkv_core::{GroupId, LogIndex, NodeId, StableHasher, Term};
+use capkv_dynamo::{
+    ApRequest, ApResponse, ApSpec, Dynamo, DynamoConfig, DynamoError, DynamoMessage,
+};
 use capkv_raft::{
     Config as RaftConfig, EntryKind, Message, Raft, RaftError, Role, Snapshot, SnapshotMeta,
 };
@@ -32,6 +35,8 @@ pub enum Request {
         /// How fresh the answer must be.
         consistency: ReadConsistency,
     },
+    /// A request on an ap bucket, for the node's Dynamo engine.
+    Ap(ApRequest),
 }
 
 /// Why a request failed. Each is definite: the request did not and will not
@@ -69,6 +74,9 @@ pub enum Response {
     Value(Option<Versioned>),
     /// The request failed definitely.
     Failed(RequestError),
+    /// The answer to an ap request (its failures included: an ap write
+    /// that misses its level is not undone, so it is not a `Failed`).
+    Ap(ApResponse),
 }
 
 /// What nodes say to each other.
@@ -90,6 +98,8 @@ pub enum PeerMessage {
         /// The answer.
         response: Response,
     },
+    /// ap traffic.
+    Dynamo(DynamoMessage),
 }
 
 impl PeerMessage {
@@ -99,6 +109,7 @@ impl PeerMessage {
             PeerMessage::Raft(message) => message.body.name(),
             PeerMessage::Forward { .. } => "Forward",
             PeerMessage::Forwarded { .. } => "Forwarded",
+            PeerMessage::Dynamo(message) => message.name(),
         }
     }
 }
@@ -155,6 +166,8 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// Raft settings of its group (its `id` must match).
     pub raft: RaftConfig,
+    /// Settings of the ap engine (its `id` must match).
+    pub dynamo: DynamoConfig,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_interval_entries: u64,
     /// Most key bytes accepted.
@@ -175,6 +188,7 @@ impl NodeConfig {
     pub fn new(id: NodeId, voters: Vec<NodeId>, seed: u64) -> NodeConfig {
         NodeConfig {
             id,
+            dynamo: DynamoConfig::new(id, voters.clone()),
             raft: RaftConfig::new(id, GroupId(0), voters, seed),
             snapshot_interval_entries: 10_000,
             key_bytes_max: 1024,
@@ -195,6 +209,9 @@ pub enum NodeError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] capkv_raft::ConfigError),
+    /// The ap engine could not start.
+    #[error(transparent)]
+    Dynamo(#[from] DynamoError),
 }
 
 /// What one turn of the node wants done. The driver must write `batch` and
@@ -249,6 +266,7 @@ pub struct Node {
     config: NodeConfig,
     raft: Raft,
     kv: KvState,
+    dynamo: Dynamo,
     /// Proposals by log index.
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
     /// Linearizable reads waiting for ReadIndex confirmation, by context.
@@ -286,6 +304,7 @@ impl Node {
             }
         })?;
         let snapshot_index = durable.snapshot.meta.index;
+        let dynamo = Dynamo::restore(config.dynamo.clone(), storage, ap_buckets(&kv))?;
         let raft = Raft::new(
             config.raft.clone(),
             durable.hard_state,
@@ -296,6 +315,7 @@ impl Node {
             config,
             raft,
             kv,
+            dynamo,
             pending_writes: BTreeMap::new(),
             pending_reads: BTreeMap::new(),
             reads_awaiting_apply: Vec::new(),
@@ -328,6 +348,11 @@ impl Node {
         &self.kv
     }
 
+    /// The ap engine (read-only), for status pages and checkers.
+    pub fn dynamo(&self) -> &Dynamo {
+        &self.dynamo
+    }
+
     /// Index of the last entry applied to the key-value state.
     pub fn applied_index(&self) -> LogIndex {
         self.applied
@@ -335,10 +360,12 @@ impl Node {
 
     // ----- inputs -----
 
-    /// One tick of time.
-    pub fn tick(&mut self) {
+    /// One tick of time; `now_ms` is the node's physical clock (the ap
+    /// engine's timestamps and deadlines use it; Raft counts ticks).
+    pub fn tick(&mut self, now_ms: u64) {
         self.ticks += 1;
         self.raft.tick();
+        self.dynamo.tick(now_ms);
         let horizon = self.ticks.saturating_sub(self.config.forward_timeout_ticks);
         self.forwarded
             .retain(|_, forwarded| forwarded.sent_tick >= horizon);
@@ -396,6 +423,7 @@ impl Node {
                     self.responses.push((forwarded.request_id, response));
                 }
             }
+            PeerMessage::Dynamo(message) => self.dynamo.handle_message(from, message),
         }
     }
 
@@ -404,6 +432,10 @@ impl Node {
     pub fn handle_request(&mut self, request_id: u64, request: Request) {
         if let Err(error) = self.validate(&request) {
             self.responses.push((request_id, Response::Failed(error)));
+            return;
+        }
+        if let Request::Ap(request) = request {
+            self.handle_ap_request(request_id, request);
             return;
         }
         let leader = self.raft.leader();
@@ -439,8 +471,53 @@ impl Node {
         ));
     }
 
+    /// An ap request goes to the Dynamo engine with its bucket's settings.
+    fn handle_ap_request(&mut self, request_id: u64, request: ApRequest) {
+        let bucket = match &request {
+            ApRequest::Write { bucket, .. } | ApRequest::Read { bucket, .. } => Some(bucket),
+            ApRequest::Repair { bucket } => bucket.as_ref(),
+        };
+        let spec = match bucket {
+            None => None,
+            Some(bucket) => match self.kv.bucket(bucket) {
+                None => {
+                    self.responses
+                        .push((request_id, Response::Failed(RequestError::BucketNotFound)));
+                    return;
+                }
+                Some(spec) => match spec.ap_spec() {
+                    Some(spec) => Some(spec),
+                    None => {
+                        self.responses.push((
+                            request_id,
+                            Response::Failed(RequestError::Invalid(format!(
+                                "bucket {bucket} is a cp bucket; ap requests need an ap bucket"
+                            ))),
+                        ));
+                        return;
+                    }
+                },
+            },
+        };
+        // Repair of every bucket needs no spec; any placeholder does.
+        let spec = spec.unwrap_or(ApSpec {
+            replicas: 1,
+            conflict: Default::default(),
+            read: Default::default(),
+            write: Default::default(),
+        });
+        self.dynamo.handle_request(request_id, request, spec);
+    }
+
     fn serve(&mut self, requester: Requester, request: Request) {
         match request {
+            // Never forwarded: the node hands these to its engine first.
+            Request::Ap(_) => self.respond(
+                requester,
+                Response::Failed(RequestError::Invalid(
+                    "ap requests are not forwarded".into(),
+                )),
+            ),
             Request::Write(command) => self.propose(requester, command),
             Request::Read {
                 bucket,
@@ -498,7 +575,36 @@ impl Node {
                 bucket, key, value, ..
             }) => (bucket, Some(key), value.as_ref().map_or(0, Vec::len)),
             Request::Read { bucket, key, .. } => (bucket, Some(key), 0),
+            Request::Ap(ApRequest::Write {
+                bucket, key, value, ..
+            }) => (bucket, Some(key), value.as_ref().map_or(0, Vec::len)),
+            Request::Ap(ApRequest::Read { bucket, key, .. }) => (bucket, Some(key), 0),
+            Request::Ap(ApRequest::Repair { .. }) => return Ok(()),
         };
+        if let Request::Write(Command::CreateBucket { spec, .. }) = request {
+            let members = self.raft.voters().len();
+            if spec.mode == BucketMode::Ap
+                && (spec.replicas == 0 || usize::from(spec.replicas) > members)
+            {
+                return Err(RequestError::Invalid(format!(
+                    "an ap bucket keeps 1 to {members} replicas of each key (one per node)"
+                )));
+            }
+        }
+        let cp_request = !matches!(
+            request,
+            Request::Ap(_) | Request::Write(Command::CreateBucket { .. })
+        );
+        if cp_request
+            && self
+                .kv
+                .bucket(bucket)
+                .is_some_and(|spec| spec.mode == BucketMode::Ap)
+        {
+            return Err(RequestError::Invalid(format!(
+                "bucket {bucket} is an ap bucket; cp requests need a cp bucket"
+            )));
+        }
         if bucket.is_empty() || bucket.len() > self.config.bucket_bytes_max {
             return Err(RequestError::Invalid(format!(
                 "bucket names are 1 to {} bytes",
@@ -542,7 +648,10 @@ impl Node {
 
     /// True when `ready` would hand out something.
     pub fn has_ready(&self) -> bool {
-        !self.responses.is_empty() || !self.messages.is_empty() || self.raft.has_ready()
+        !self.responses.is_empty()
+            || !self.messages.is_empty()
+            || self.raft.has_ready()
+            || self.dynamo.has_ready()
     }
 
     /// Runs the node's cores until they are quiet and returns what the
@@ -558,8 +667,22 @@ impl Node {
             self.ready_round(&mut out);
         }
         self.maybe_snapshot(&mut out.batch);
+        let mut ap_messages = Vec::new();
+        let mut ap_responses = Vec::new();
+        self.dynamo
+            .take_ready(&mut out.batch, &mut ap_messages, &mut ap_responses);
         out.responses.append(&mut self.responses);
+        out.responses.extend(
+            ap_responses
+                .into_iter()
+                .map(|(id, response)| (id, Response::Ap(response))),
+        );
         out.messages.append(&mut self.messages);
+        out.messages.extend(
+            ap_messages
+                .into_iter()
+                .map(|(to, message)| (to, PeerMessage::Dynamo(message))),
+        );
         out
     }
 
@@ -619,7 +742,12 @@ impl Node {
 
     fn install_snapshot(&mut self, snapshot: &Snapshot, out: &mut NodeReady) {
         match KvState::from_snapshot(&snapshot.data) {
-            Ok(kv) => self.kv = kv,
+            Ok(kv) => {
+                for (name, spec) in ap_buckets(&kv) {
+                    self.dynamo.add_bucket(name, spec);
+                }
+                self.kv = kv;
+            }
             Err(error) => panic!(
                 "node {}: snapshot from the leader does not decode ({error}); \
                  a leader only sends snapshots this version wrote",
@@ -654,7 +782,20 @@ impl Node {
         let result = match entry.kind {
             EntryKind::Noop => None,
             EntryKind::Normal => match postcard::from_bytes::<Command>(&entry.data) {
-                Ok(command) => Some(self.kv.apply(entry.index.0, command)),
+                Ok(command) => {
+                    let ap_bucket = match &command {
+                        Command::CreateBucket { name, spec } => {
+                            spec.ap_spec().map(|spec| (name.clone(), spec))
+                        }
+                        _ => None,
+                    };
+                    let applied = self.kv.apply(entry.index.0, command);
+                    if let (Some((name, spec)), Applied::BucketReady { .. }) = (ap_bucket, &applied)
+                    {
+                        self.dynamo.add_bucket(name, spec);
+                    }
+                    Some(applied)
+                }
                 // Every node applies the same bytes, so every node skips
                 // the same undecodable entry and replicas stay equal.
                 Err(_) => None,
@@ -758,6 +899,14 @@ impl SeenIds {
         }
         true
     }
+}
+
+/// The ap buckets of a state machine and their settings.
+fn ap_buckets(kv: &KvState) -> BTreeMap<String, ApSpec> {
+    kv.buckets()
+        .iter()
+        .filter_map(|(name, spec)| spec.ap_spec().map(|spec| (name.clone(), spec)))
+        .collect()
 }
 
 fn is_stale_read(request: &Request) -> bool {

@@ -14,6 +14,16 @@ pub const STATE: Keyspace = Keyspace("raft_state");
 /// Raft log entries.
 pub const LOG: Keyspace = Keyspace("raft_log");
 
+/// Every keyspace a node writes: Raft's and the ap engine's. A disk engine
+/// that fixes its keyspaces at open must open all of these.
+pub const KEYSPACES: [Keyspace; 5] = [
+    STATE,
+    LOG,
+    capkv_dynamo::engine::DATA,
+    capkv_dynamo::engine::HINTS,
+    capkv_dynamo::engine::META,
+];
+
 /// Entries read per scan page during recovery.
 const RECOVERY_PAGE_ENTRIES: usize = 4096;
 

@@ -4,9 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use capkv_core::NodeId;
-use capkv_node::{
-    BucketMode, BucketSpec, Command, Node, NodeConfig, PeerMessage, Request, Response,
-};
+use capkv_node::{BucketSpec, Command, Node, NodeConfig, PeerMessage, Request, Response};
 use capkv_storage::{MemStorage, Storage};
 
 /// A one-node cluster that leads itself after enough ticks.
@@ -14,7 +12,7 @@ fn single_leader() -> (Node, MemStorage) {
     let storage = MemStorage::new();
     let mut node = Node::restore(NodeConfig::new(NodeId(1), vec![NodeId(1)], 1), &storage).unwrap();
     for _ in 0..40 {
-        node.tick();
+        node.tick(0);
     }
     (node, storage)
 }
@@ -47,10 +45,7 @@ fn a_forward_from_a_stranger_is_ignored() {
         1,
         Request::Write(Command::CreateBucket {
             name: "b".into(),
-            spec: BucketSpec {
-                mode: BucketMode::Cp,
-                replicas: 1,
-            },
+            spec: BucketSpec::cp(1),
         }),
     );
     run(&mut node, &mut storage);
@@ -86,7 +81,7 @@ fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
     // Elect a leader by ticking node 1 alone and delivering every message.
     let mut leader = None;
     for _ in 0..200 {
-        nodes[0].tick();
+        nodes[0].tick(0);
         let mut queue: Vec<(NodeId, NodeId, PeerMessage)> = Vec::new();
         for (index, node) in nodes.iter_mut().enumerate() {
             let (_, messages) = run(node, &mut storages[index]);
@@ -121,10 +116,7 @@ fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
         forward_id: 42,
         request: Request::Write(Command::CreateBucket {
             name: "b".into(),
-            spec: BucketSpec {
-                mode: BucketMode::Cp,
-                replicas: 3,
-            },
+            spec: BucketSpec::cp(3),
         }),
     };
     let before = nodes[leader_index].raft().log().last_index();

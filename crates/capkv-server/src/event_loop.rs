@@ -111,7 +111,7 @@ pub fn run(
         while let Some(current) = input.take() {
             match current {
                 Input::Shutdown => return Ok(()),
-                Input::Tick => node.tick(),
+                Input::Tick => node.tick(wall_clock_ms()),
                 Input::Peer(from, message) => node.handle_peer_message(from, message),
                 Input::Client {
                     request,
@@ -206,4 +206,14 @@ fn log_event(id: NodeId, event: &NodeEvent) {
         }
         NodeEvent::LogAppended { .. } | NodeEvent::Applied { .. } => {}
     }
+}
+
+/// The machine's wall clock in milliseconds since the Unix epoch: the ap
+/// engine's physical time (its hybrid logical clock keeps it monotonic).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }

@@ -250,7 +250,7 @@ async fn create_bucket(
         }
         let request = Request::Write(Command::CreateBucket {
             name: name.clone(),
-            spec: BucketSpec { mode, replicas },
+            spec: BucketSpec::cp(replicas),
         });
         match call(&state, request, query.timeout_ms, true).await? {
             NodeResponse::Applied(Applied::BucketReady { created }) => Ok((

@@ -47,7 +47,7 @@ pub async fn run(config: ServerConfig, mut shutdown: watch::Receiver<bool>) -> a
     config.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let storage = FjallStorage::open(&config.data_dir.join("db"), &[persist::STATE, persist::LOG])
+    let storage = FjallStorage::open(&config.data_dir.join("db"), &persist::KEYSPACES)
         .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?;
     let voters: Vec<NodeId> = config.members.keys().copied().collect();
     // The server may draw real randomness for election timeouts: only the

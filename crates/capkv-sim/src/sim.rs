@@ -421,6 +421,9 @@ impl Simulation {
     /// Feeds the inbox to an idle node, takes its ready, writes the batch and
     /// schedules the sync. Outputs stay held until the sync completes.
     fn run_turn(&mut self, index: usize) {
+        // Nodes read the simulated time as their physical clock (tick
+        // rates, not clocks, are what the skew fault changes).
+        let now_ms = self.now / MS;
         let sim_node = &mut self.nodes[index];
         if sim_node.paused || sim_node.in_flight.is_some() {
             return;
@@ -430,7 +433,7 @@ impl Simulation {
         };
         while let Some(input) = sim_node.inbox.pop_front() {
             match input {
-                Input::Tick => node.tick(),
+                Input::Tick => node.tick(now_ms),
                 Input::Message(from, message) => node.handle_peer_message(from, message),
                 Input::Request {
                     client,
