@@ -1,5 +1,41 @@
+use capkv_node::{Conflict, DynamoBugs};
 use capkv_raft::DeliberateBugs;
 use std::fmt;
+
+/// What the simulated clients do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Workload {
+    /// read/write/cas/delete on a cp bucket, checked for linearizability.
+    #[default]
+    Cp,
+    /// put/get/delete at every level on an ap bucket with this conflict
+    /// mode, checked by the ap checkers (convergence, no lost write, quorum
+    /// overlap, sessions, no resurrection, lww winner).
+    Ap(Conflict),
+}
+
+impl Workload {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Cp => "cp",
+            Workload::Ap(Conflict::Siblings) => "ap",
+            Workload::Ap(Conflict::Lww) => "ap-lww",
+        }
+    }
+
+    /// Parses `cp`, `ap` (siblings) or `ap-lww`.
+    pub fn parse(text: &str) -> Result<Workload, String> {
+        match text {
+            "cp" => Ok(Workload::Cp),
+            "ap" | "ap-siblings" => Ok(Workload::Ap(Conflict::Siblings)),
+            "ap-lww" => Ok(Workload::Ap(Conflict::Lww)),
+            other => Err(format!(
+                "unknown --workload '{other}' (known: cp, ap, ap-lww)"
+            )),
+        }
+    }
+}
 
 /// One kind of fault the nemesis may inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,6 +145,13 @@ pub struct SimConfig {
     pub snapshot_interval_entries: u64,
     /// Deliberately broken Raft, to prove the checkers catch it.
     pub bugs: DeliberateBugs,
+    /// What the clients do.
+    pub workload: Workload,
+    /// Deliberately broken ap engine, to prove the ap checkers catch it.
+    pub ap_bugs: DynamoBugs,
+    /// Background anti-entropy between ap replicas (off shows what hints
+    /// and read repair alone achieve).
+    pub anti_entropy: bool,
     /// Record a human-readable timeline.
     pub timeline: bool,
     /// Hard bound on processed events: a livelock ends the run as a failure
@@ -131,6 +174,9 @@ impl SimConfig {
             client_timeout_ms: 1_000,
             snapshot_interval_entries: 200,
             bugs: DeliberateBugs::default(),
+            workload: Workload::Cp,
+            ap_bugs: DynamoBugs::default(),
+            anti_entropy: true,
             timeline: false,
             events_max: 50_000_000,
         }
@@ -179,6 +225,18 @@ impl SimConfig {
         }
         if self.bugs.read_skips_quorum {
             command.push_str(" --bug read-skips-quorum");
+        }
+        if self.workload != Workload::Cp {
+            command.push_str(&format!(" --workload {}", self.workload.name()));
+        }
+        if self.ap_bugs.read_repair_skips_merge {
+            command.push_str(" --bug read-repair-skips-merge");
+        }
+        if self.ap_bugs.drop_hints {
+            command.push_str(" --bug drop-hints");
+        }
+        if !self.anti_entropy {
+            command.push_str(" --no-anti-entropy");
         }
         command
     }

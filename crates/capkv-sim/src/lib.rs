@@ -11,9 +11,10 @@
 //! trace hash proves it.
 //!
 //! Layout: `config.rs` (what a run depends on), `sim.rs` (event loop, nodes,
-//! network, nemesis), `workload.rs` (clients and their history),
+//! network, nemesis), `workload.rs` (cp clients and their history),
 //! `invariants.rs` (election safety, log matching, leader completeness, state
-//! machine safety).
+//! machine safety), `ap_workload.rs` (ap clients: put/get/delete at every
+//! level, with contexts and sessions) and `ap_check.rs` (the ap checkers).
 //!
 //! What it does not do: no threads, no real time, no real I/O; it does not
 //! model byte-level disk corruption or torn writes (a synced batch is whole,
@@ -21,12 +22,15 @@
 
 #![warn(missing_docs)]
 
+pub mod ap_check;
+mod ap_workload;
 mod config;
 mod invariants;
 mod sim;
 mod workload;
 
-pub use config::{Fault, SimConfig};
+pub use capkv_node::{Conflict, DynamoBugs};
+pub use config::{Fault, SimConfig, Workload};
 pub use invariants::{RaftInvariants, Violation};
 pub use sim::{Micros, SimReport, Simulation};
 

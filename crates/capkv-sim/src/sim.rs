@@ -1,4 +1,6 @@
-use crate::config::{Fault, SimConfig};
+use crate::ap_check::{ApRecord, FinalState};
+use crate::ap_workload::{ApClient, AP_BUCKET, AP_REPLICAS};
+use crate::config::{Fault, SimConfig, Workload};
 use crate::invariants::{RaftInvariants, Violation};
 use crate::workload::{Client, ClientAction, Outcome};
 use capkv_check::Event as HistoryEvent;
@@ -80,6 +82,35 @@ enum Input {
     },
 }
 
+/// A cp or an ap client.
+enum SimClient {
+    Cp(Client),
+    Ap(ApClient),
+}
+
+impl SimClient {
+    fn sent(&mut self, request_id: u64, deadline: Micros) {
+        match self {
+            SimClient::Cp(client) => client.sent(request_id, deadline),
+            SimClient::Ap(client) => client.sent(request_id, deadline),
+        }
+    }
+
+    fn on_wake(&mut self, now: Micros, accepting: bool) -> ClientAction {
+        match self {
+            SimClient::Cp(client) => client.on_wake(now, accepting),
+            SimClient::Ap(client) => client.on_wake(now, accepting),
+        }
+    }
+
+    fn on_response(&mut self, now: Micros, request_id: u64, response: Response) -> ClientAction {
+        match self {
+            SimClient::Cp(client) => client.on_response(now, request_id, response),
+            SimClient::Ap(client) => client.on_response(now, request_id, response),
+        }
+    }
+}
+
 /// One simulated process with its disk.
 struct SimNode {
     id: NodeId,
@@ -127,6 +158,8 @@ pub struct SimReport {
     /// The linearizability checker's verdict (`Ok(description)` or the
     /// failure).
     pub linearizability: Result<String, String>,
+    /// The ap checkers' verdict, for ap workloads.
+    pub ap: Option<Result<String, String>>,
     /// After the quiet period: every replica equal and a leader present.
     pub convergence: Result<(), String>,
     /// Hash of every event processed: same seed, same hash.
@@ -140,7 +173,10 @@ pub struct SimReport {
 impl SimReport {
     /// True when every checker passed.
     pub fn passed(&self) -> bool {
-        self.raft_violation.is_none() && self.linearizability.is_ok() && self.convergence.is_ok()
+        self.raft_violation.is_none()
+            && self.linearizability.is_ok()
+            && self.convergence.is_ok()
+            && self.ap.as_ref().is_none_or(Result::is_ok)
     }
 }
 
@@ -155,7 +191,8 @@ pub struct Simulation {
     seq: u64,
     rng: Rng,
     nodes: Vec<SimNode>,
-    clients: Vec<Client>,
+    clients: Vec<SimClient>,
+    ap_records: Vec<ApRecord>,
     /// Directed links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
     network: NetworkFaults,
@@ -192,6 +229,15 @@ impl Simulation {
                 node_config.raft.append_entries_max = shapes.0;
                 node_config.raft.inflight_messages_max = shapes.1;
                 node_config.snapshot_interval_entries = config.snapshot_interval_entries;
+                // ap timings scaled to the simulated cluster's (short)
+                // client timeouts and runs.
+                node_config.dynamo.request_timeout_ms = config.client_timeout_ms / 2;
+                node_config.dynamo.ping_interval_ms = 100;
+                node_config.dynamo.peer_down_after_ms = 500;
+                node_config.dynamo.hint_retry_ms = 200;
+                node_config.dynamo.ae_interval_ms = if config.anti_entropy { 200 } else { 0 };
+                node_config.dynamo.merkle_leaves = 64;
+                node_config.dynamo.bugs = config.ap_bugs;
                 let storage = MemStorage::new();
                 let node = Node::restore(node_config.clone(), &storage)
                     .expect("a fresh node starts from empty storage");
@@ -210,15 +256,23 @@ impl Simulation {
             })
             .collect();
         let clients = (0..config.clients as usize)
-            .map(|index| {
-                Client::new(
+            .map(|index| match config.workload {
+                Workload::Cp => SimClient::Cp(Client::new(
                     index,
                     config.clients,
                     config.keys,
                     config.nodes,
                     config.client_timeout_ms * MS,
                     rng.fork(),
-                )
+                )),
+                Workload::Ap(conflict) => SimClient::Ap(ApClient::new(
+                    index,
+                    config.keys,
+                    config.nodes,
+                    conflict,
+                    config.client_timeout_ms * MS,
+                    rng.fork(),
+                )),
             })
             .collect();
         let mut sim = Simulation {
@@ -230,6 +284,7 @@ impl Simulation {
             rng,
             nodes,
             clients,
+            ap_records: Vec::new(),
             cut: BTreeSet::new(),
             network: NetworkFaults::default(),
             churn: false,
@@ -627,10 +682,15 @@ impl Simulation {
                 self.schedule(timeout, Action::ClientWake(client));
             }
         }
-        for outcome in self.clients[client].take_outcomes() {
-            match outcome {
-                Outcome::History(event) => self.history.push(event),
+        match &mut self.clients[client] {
+            SimClient::Cp(cp) => {
+                for outcome in cp.take_outcomes() {
+                    match outcome {
+                        Outcome::History(event) => self.history.push(event),
+                    }
+                }
             }
+            SimClient::Ap(ap) => self.ap_records.extend(ap.take_records()),
         }
     }
 
@@ -871,9 +931,27 @@ impl Simulation {
     fn finish(mut self) -> SimReport {
         let convergence = self.convergence();
         for client in &mut self.clients {
-            client.close_open_operations(&mut self.history);
+            match client {
+                SimClient::Cp(client) => client.close_open_operations(&mut self.history),
+                SimClient::Ap(client) => {
+                    client.close_open_operations(self.now);
+                    self.ap_records.extend(client.take_records());
+                }
+            }
         }
-        let (ops_ok, ops_fail, ops_info) = crate::workload::count_outcomes(&self.history);
+        let ap = match self.config.workload {
+            Workload::Cp => None,
+            Workload::Ap(conflict) if self.violation.is_none() => Some(crate::ap_check::check(
+                &self.ap_records,
+                &self.ap_final_state(),
+                conflict,
+            )),
+            Workload::Ap(_) => None,
+        };
+        let (ops_ok, ops_fail, ops_info) = match self.config.workload {
+            Workload::Cp => crate::workload::count_outcomes(&self.history),
+            Workload::Ap(_) => crate::ap_check::count_outcomes(&self.ap_records),
+        };
         let linearizability =
             match capkv_check::check_events(&self.history, &capkv_check::Limits::default()) {
                 Ok(capkv_check::Verdict::Linearizable { keys, operations }) => Ok(format!(
@@ -893,12 +971,33 @@ impl Simulation {
             ops_info,
             raft_violation: self.violation,
             linearizability,
+            ap,
             convergence,
             trace_hash: self.trace.finish(),
             history: self.history,
             timeline: self.timeline,
             config: self.config,
         }
+    }
+
+    /// Every replica's object for every key an ap client touched.
+    fn ap_final_state(&self) -> FinalState {
+        let keys: BTreeSet<&str> = self.ap_records.iter().map(|r| r.key.as_str()).collect();
+        let live: Vec<&Node> = self.nodes.iter().filter_map(|n| n.node.as_ref()).collect();
+        let mut state = FinalState::new();
+        for key in keys {
+            let Some(first) = live.first() else {
+                break;
+            };
+            let replicas = first.dynamo().replicas(AP_BUCKET, key, AP_REPLICAS);
+            let objects = live
+                .iter()
+                .filter(|node| replicas.contains(&node.id()))
+                .map(|node| (node.id(), node.dynamo().object(AP_BUCKET, key).cloned()))
+                .collect();
+            state.insert(key.to_string(), objects);
+        }
+        state
     }
 
     fn convergence(&self) -> Result<(), String> {

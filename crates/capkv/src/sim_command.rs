@@ -1,7 +1,7 @@
 //! `capkv sim`: runs seeds and prints one verdict line per seed.
 
 use capkv_raft::DeliberateBugs;
-use capkv_sim::{Fault, SimConfig};
+use capkv_sim::{DynamoBugs, Fault, SimConfig, Workload};
 use std::io::Write;
 
 /// Prints a line; a closed pipe (`capkv sim ... | head`) ends the program
@@ -45,9 +45,15 @@ pub struct SimArgs {
     /// With --seeds, the seed is appended to the file name.
     #[arg(long)]
     history: Option<String>,
-    /// Break Raft on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum.
+    /// Break Raft or the ap engine on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, read-repair-skips-merge, drop-hints.
     #[arg(long)]
     bug: Vec<String>,
+    /// What the clients do: cp (linearizable register ops), ap (ap bucket with siblings) or ap-lww.
+    #[arg(long, default_value = "cp")]
+    workload: String,
+    /// Turn background anti-entropy off (ap workloads).
+    #[arg(long)]
+    no_anti_entropy: bool,
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -88,21 +94,25 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
     Ok((first, last))
 }
 
-fn parse_bugs(names: &[String]) -> Result<DeliberateBugs, String> {
+fn parse_bugs(names: &[String]) -> Result<(DeliberateBugs, DynamoBugs), String> {
     let mut bugs = DeliberateBugs::default();
+    let mut ap_bugs = DynamoBugs::default();
     for name in names {
         match name.as_str() {
             "vote-ignores-log" => bugs.vote_ignores_log = true,
             "commit-counts-old-terms" => bugs.commit_counts_old_terms = true,
             "read-skips-quorum" => bugs.read_skips_quorum = true,
+            "read-repair-skips-merge" => ap_bugs.read_repair_skips_merge = true,
+            "drop-hints" => ap_bugs.drop_hints = true,
             other => {
                 return Err(format!(
-                    "unknown --bug '{other}' (known: vote-ignores-log, commit-counts-old-terms, read-skips-quorum)"
+                    "unknown --bug '{other}' (known: vote-ignores-log, commit-counts-old-terms, \
+                     read-skips-quorum, read-repair-skips-merge, drop-hints)"
                 ))
             }
         }
     }
-    Ok(bugs)
+    Ok((bugs, ap_bugs))
 }
 
 fn build_configs(args: &SimArgs) -> Result<Vec<SimConfig>, String> {
@@ -112,7 +122,8 @@ fn build_configs(args: &SimArgs) -> Result<Vec<SimConfig>, String> {
     };
     let faults = Fault::parse_list(&args.faults)?;
     let duration_ms = parse_duration_ms(&args.duration)?;
-    let bugs = parse_bugs(&args.bug)?;
+    let (bugs, ap_bugs) = parse_bugs(&args.bug)?;
+    let workload = Workload::parse(&args.workload)?;
     let mut configs = Vec::new();
     for seed in first..=last {
         let mut config = SimConfig::new(seed, args.nodes);
@@ -122,6 +133,9 @@ fn build_configs(args: &SimArgs) -> Result<Vec<SimConfig>, String> {
         config.keys = args.keys;
         config.timeline = args.timeline;
         config.bugs = bugs;
+        config.ap_bugs = ap_bugs;
+        config.workload = workload;
+        config.anti_entropy = !args.no_anti_entropy;
         config.validate()?;
         configs.push(config);
     }
@@ -160,6 +174,11 @@ pub fn run(args: &SimArgs) -> u8 {
         let convergence = match &report.convergence {
             Ok(()) => "ok".to_string(),
             Err(text) => format!("FAILED {text}"),
+        };
+        let linear = match &report.ap {
+            None => linear,
+            Some(Ok(text)) => text.clone(),
+            Some(Err(text)) => format!("ap checkers FAILED {text}"),
         };
         say!(
             "seed {seed}: simulated {:.1}s ({} events), ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
