@@ -118,6 +118,9 @@ pub struct DynamoConfig {
     pub ae_leaves_per_exchange: usize,
     /// Objects sent per anti-entropy message.
     pub ae_objects_max: usize,
+    /// Bytes of objects sent per anti-entropy message (well under the
+    /// transport's frame limit); the rest waits for the next exchange.
+    pub ae_bytes_max: usize,
     /// A confirmed tombstone is removed this long after confirmation.
     /// Must exceed `hint_ttl_ms + 2 * max_drift_ms`.
     pub tombstone_grace_ms: u64,
@@ -147,6 +150,7 @@ impl DynamoConfig {
             merkle_leaves: 1024,
             ae_leaves_per_exchange: 64,
             ae_objects_max: 512,
+            ae_bytes_max: 4 << 20,
             tombstone_grace_ms: 7 * 3_600_000,
             max_drift_ms: 500,
             requests_max: 10_000,
@@ -1656,7 +1660,8 @@ impl Dynamo {
     }
 
     /// This node's objects in `leaves` that `peer` also replicates, at most
-    /// `ae_objects_max` of them.
+    /// `ae_objects_max` of them and about `ae_bytes_max` bytes (always at
+    /// least one, so a large object still moves).
     fn shared_objects(&self, bucket: &str, peer: NodeId, leaves: &[u32]) -> Vec<(String, Object)> {
         let (Some(keys), Some(tree)) = (self.store.get(bucket), self.tree(bucket, peer)) else {
             return Vec::new();
@@ -1668,7 +1673,13 @@ impl Dynamo {
                     && self.shares(bucket, key, peer)
             })
             .take(self.config.ae_objects_max)
-            .map(|(key, (object, _))| (key.clone(), object.clone()))
+            .scan(0usize, |bytes, (key, (object, _))| {
+                if *bytes >= self.config.ae_bytes_max {
+                    return None;
+                }
+                *bytes += key.len() + object.encoded_len();
+                Some((key.clone(), object.clone()))
+            })
             .collect()
     }
 

@@ -111,6 +111,11 @@ impl Object {
         postcard::to_allocvec(self).expect("objects serialise")
     }
 
+    /// The size of [`Object::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        postcard::experimental::serialized_size(self).unwrap_or(usize::MAX)
+    }
+
     /// A stable digest of the state, equal on two replicas that hold equal
     /// states (every part is canonical: sorted maps, canonical vectors).
     pub fn digest(&self) -> u64 {
