@@ -16,7 +16,9 @@
 mod hash;
 mod ids;
 mod rng;
+mod seen;
 
 pub use hash::StableHasher;
 pub use ids::{GroupId, LogIndex, NodeId, Term};
 pub use rng::Rng;
+pub use seen::SeenIds;

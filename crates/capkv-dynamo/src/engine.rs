@@ -57,7 +57,7 @@ use crate::merkle::MerkleTree;
 use crate::object::{merge_all, Object};
 use crate::ring::Ring;
 use crate::DvvSet;
-use capkv_core::{NodeId, StableHasher};
+use capkv_core::{NodeId, SeenIds, StableHasher};
 use capkv_storage::{Keyspace, Storage, StorageError, WriteBatch};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -402,6 +402,9 @@ pub struct Dynamo {
     clock: HlcClock,
     dot_counter: u64,
     next_req: u64,
+    /// `Coordinate` ids served, per origin: a duplicated message must not
+    /// make a second write with a second dot.
+    coordinated: BTreeMap<NodeId, SeenIds>,
     next_exchange_target: usize,
     now_ms: u64,
     last_ping_ms: u64,
@@ -481,10 +484,15 @@ fn scan_all(
 
 impl Dynamo {
     /// Restores the engine from `storage` (empty storage: a fresh node).
+    /// Request ids start at `ids_from`, which must be above every id an
+    /// earlier life of this node used (the node prefixes a boot epoch): a
+    /// late answer to an earlier life's request must not count for a new
+    /// one, and peers refuse ids they have seen.
     pub fn restore(
         config: DynamoConfig,
         storage: &dyn Storage,
         buckets: BTreeMap<String, ApSpec>,
+        ids_from: u64,
     ) -> Result<Dynamo, DynamoError> {
         config.check().map_err(DynamoError::Config)?;
         let ring = Ring::new(&config.nodes, config.vnodes_per_node)
@@ -550,7 +558,8 @@ impl Dynamo {
             last_heard: BTreeMap::new(),
             clock,
             dot_counter,
-            next_req: 1,
+            next_req: ids_from.max(1),
+            coordinated: BTreeMap::new(),
             next_exchange_target: 0,
             now_ms: 0,
             last_ping_ms: 0,
@@ -726,6 +735,10 @@ impl Dynamo {
                 self.on_fetched(from, req, object);
             }
             DynamoMessage::Coordinate { req, request, spec } => {
+                let limit = self.config.requests_max;
+                if !self.coordinated.entry(from).or_default().insert(req, limit) {
+                    return; // a duplicate: the first copy is being answered
+                }
                 let requester = Requester::Remote { node: from, req };
                 self.coordinate_write(requester, request, spec);
             }

@@ -1,6 +1,6 @@
 use crate::kv::{Applied, BucketMode, Command, KvState, Versioned};
 use crate::persist;
-use capkv_core::{GroupId, LogIndex, NodeId, StableHasher, Term};
+use capkv_core::{GroupId, LogIndex, NodeId, SeenIds, StableHasher, Term};
 use capkv_dynamo::{
     ApRequest, ApResponse, ApSpec, Dynamo, DynamoConfig, DynamoError, DynamoMessage,
 };
@@ -276,6 +276,9 @@ pub struct Node {
     /// Requests forwarded to the leader, by forward id.
     forwarded: BTreeMap<u64, Forwarded>,
     next_forward_id: u64,
+    /// This life's boot epoch, until the first `ready` persists it (its
+    /// messages, the first to carry the new ids, go out after that sync).
+    boot_unsaved: Option<u64>,
     /// Forward ids already served, per origin, so that a duplicated or
     /// replayed `Forward` is never proposed twice.
     forwards_seen: BTreeMap<NodeId, SeenIds>,
@@ -304,7 +307,12 @@ impl Node {
             }
         })?;
         let snapshot_index = durable.snapshot.meta.index;
-        let dynamo = Dynamo::restore(config.dynamo.clone(), storage, ap_buckets(&kv))?;
+        // Request ids carry the boot epoch, so ids from this life are above
+        // every id of an earlier one (a peer's duplicate filter and a late
+        // answer to an earlier life's request both depend on it).
+        let boot = persist::load_boot(storage)? + 1;
+        let ids_from = boot << persist::BOOT_SHIFT | 1;
+        let dynamo = Dynamo::restore(config.dynamo.clone(), storage, ap_buckets(&kv), ids_from)?;
         let raft = Raft::new(
             config.raft.clone(),
             durable.hard_state,
@@ -320,7 +328,8 @@ impl Node {
             pending_reads: BTreeMap::new(),
             reads_awaiting_apply: Vec::new(),
             forwarded: BTreeMap::new(),
-            next_forward_id: 1,
+            next_forward_id: ids_from,
+            boot_unsaved: Some(boot),
             forwards_seen: BTreeMap::new(),
             next_read_context: 1,
             ticks: 0,
@@ -649,6 +658,7 @@ impl Node {
     /// True when `ready` would hand out something.
     pub fn has_ready(&self) -> bool {
         !self.responses.is_empty()
+            || self.boot_unsaved.is_some()
             || !self.messages.is_empty()
             || self.raft.has_ready()
             || self.dynamo.has_ready()
@@ -658,6 +668,9 @@ impl Node {
     /// driver must do: write and sync `batch`, then send and answer.
     pub fn ready(&mut self) -> NodeReady {
         let mut out = NodeReady::default();
+        if let Some(boot) = self.boot_unsaved.take() {
+            persist::write_boot(&mut out.batch, boot);
+        }
         // A leader's own append becomes countable in `advance`, which may
         // commit and produce more work; a few rounds reach a fixed point.
         for _ in 0..4 {
@@ -875,29 +888,6 @@ impl Node {
         persist::write_snapshot(batch, self.raft.group(), &snapshot, false);
         self.raft.compact(snapshot);
         self.snapshot_index = applied;
-    }
-}
-
-/// A bounded set of ids seen from one origin: ids at or below `floor` count
-/// as seen, so memory stays bounded while old duplicates are still refused.
-#[derive(Debug, Default)]
-struct SeenIds {
-    floor: u64,
-    ids: std::collections::BTreeSet<u64>,
-}
-
-impl SeenIds {
-    /// Records `id`; false when it was seen before (or is too old to tell).
-    fn insert(&mut self, id: u64, limit: usize) -> bool {
-        if id <= self.floor || !self.ids.insert(id) {
-            return false;
-        }
-        while self.ids.len() > limit {
-            if let Some(oldest) = self.ids.pop_first() {
-                self.floor = oldest;
-            }
-        }
-        true
     }
 }
 

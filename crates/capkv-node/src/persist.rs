@@ -1,7 +1,8 @@
 //! How a node lays its durable state out in [`Storage`].
 //!
 //! Keyspace `raft_state`: `[group u64 BE][b'h']` → hard state,
-//! `[group u64 BE][b's']` → latest snapshot. Keyspace `raft_log`:
+//! `[group u64 BE][b's']` → latest snapshot, `b"boot"` → the node's boot
+//! epoch (u64 BE), which prefixes its request ids. Keyspace `raft_log`:
 //! `[group u64 BE][index u64 BE]` → entry. Big-endian keys keep entries in
 //! index order, so recovery is one range scan. Values are postcard.
 
@@ -89,6 +90,39 @@ pub fn write_snapshot(
         snapshot.meta.index.next()
     };
     batch.delete_range(LOG, log_key(group, LogIndex(0)), log_key(group, end));
+}
+
+/// The boot epoch sits above this many bits of a request id.
+pub const BOOT_SHIFT: u32 = 40;
+const BOOT_KEY: &[u8] = b"boot";
+
+/// The boot epoch of the node's last life (0 for a fresh node).
+pub fn load_boot(storage: &dyn Storage) -> Result<u64, StorageError> {
+    match storage.get(STATE, BOOT_KEY)? {
+        None => Ok(0),
+        Some(bytes) => {
+            let boot = bytes
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt {
+                    keyspace: STATE.0,
+                    reason: "boot epoch is not 8 bytes".into(),
+                })?;
+            if boot >= 1 << (64 - BOOT_SHIFT) {
+                return Err(StorageError::Corrupt {
+                    keyspace: STATE.0,
+                    reason: format!("boot epoch {boot} out of range"),
+                });
+            }
+            Ok(boot)
+        }
+    }
+}
+
+/// Records this life's boot epoch.
+pub fn write_boot(batch: &mut WriteBatch, boot: u64) {
+    batch.put(STATE, BOOT_KEY.to_vec(), boot.to_be_bytes().to_vec());
 }
 
 /// What a node finds on its storage at start-up.

@@ -128,3 +128,52 @@ fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
         before.0 + 1
     );
 }
+
+/// The first forward id a node sends: it forwards one write to the leader
+/// it is told about.
+fn first_forward_id(storage: &mut MemStorage) -> u64 {
+    let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let mut node = Node::restore(NodeConfig::new(NodeId(2), voters, 3), storage).unwrap();
+    run(&mut node, storage);
+    // Node 2 learns of leader 1 from a heartbeat-like append at term 1.
+    let term = capkv_core::Term(node.raft().term().0 + 1);
+    node.handle_peer_message(
+        NodeId(1),
+        PeerMessage::Raft(capkv_raft::Message {
+            group: capkv_core::GroupId(0),
+            from: NodeId(1),
+            to: NodeId(2),
+            term,
+            body: capkv_raft::MessageBody::Heartbeat {
+                commit: capkv_core::LogIndex(0),
+                read_round: 0,
+            },
+        }),
+    );
+    node.handle_request(
+        7,
+        Request::Write(Command::CreateBucket {
+            name: "b".into(),
+            spec: BucketSpec::cp(3),
+        }),
+    );
+    let (_, messages) = run(&mut node, storage);
+    messages
+        .into_iter()
+        .find_map(|(_, message)| match message {
+            PeerMessage::Forward { forward_id, .. } => Some(forward_id),
+            _ => None,
+        })
+        .expect("the follower forwards the write")
+}
+
+/// A restarted follower's forward ids are above its earlier life's, so the
+/// leader's duplicate filter does not swallow its new requests (it did:
+/// ids restarted at 1 and were refused as replays until they caught up).
+#[test]
+fn forward_ids_grow_across_restarts() {
+    let mut storage = MemStorage::new();
+    let first = first_forward_id(&mut storage);
+    let second = first_forward_id(&mut storage);
+    assert!(second > first, "{second} after {first}");
+}

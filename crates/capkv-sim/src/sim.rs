@@ -126,6 +126,10 @@ struct SimNode {
     request_clients: BTreeMap<u64, usize>,
     /// Tick period, changed by the skew fault (clock drift).
     tick_period: Micros,
+    /// Where this node's wall clock stands against simulated time, in ms
+    /// (the skew fault spreads them by seconds; the ap engine's hybrid
+    /// logical clocks must cope).
+    clock_offset_ms: u64,
     /// Restarts count: ticks scheduled by an earlier life are ignored.
     incarnation: u64,
 }
@@ -160,6 +164,8 @@ pub struct SimReport {
     pub linearizability: Result<String, String>,
     /// The ap checkers' verdict, for ap workloads.
     pub ap: Option<Result<String, String>>,
+    /// The ap clients' operations, for ap workloads.
+    pub ap_history: Vec<ApRecord>,
     /// After the quiet period: every replica equal and a leader present.
     pub convergence: Result<(), String>,
     /// Hash of every event processed: same seed, same hash.
@@ -252,6 +258,7 @@ impl Simulation {
                     request_clients: BTreeMap::new(),
                     tick_period: config.tick_ms * MS,
                     incarnation: 0,
+                    clock_offset_ms: 0,
                 }
             })
             .collect();
@@ -297,6 +304,11 @@ impl Simulation {
             next_request_id: 1,
             config,
         };
+        if sim.config.faults.contains(&Fault::Skew) {
+            for index in 0..sim.nodes.len() {
+                sim.nodes[index].clock_offset_ms = sim.rng.range(0, 6_000);
+            }
+        }
         for index in 0..sim.nodes.len() {
             // Stagger the first ticks so nodes do not move in lockstep.
             let offset = sim.rng.range(0, sim.config.tick_ms * MS);
@@ -476,9 +488,9 @@ impl Simulation {
     /// Feeds the inbox to an idle node, takes its ready, writes the batch and
     /// schedules the sync. Outputs stay held until the sync completes.
     fn run_turn(&mut self, index: usize) {
-        // Nodes read the simulated time as their physical clock (tick
-        // rates, not clocks, are what the skew fault changes).
-        let now_ms = self.now / MS;
+        // A node's wall clock: simulated time plus its offset (tick rates
+        // drift too under the skew fault).
+        let now_ms = self.now / MS + self.nodes[index].clock_offset_ms;
         let sim_node = &mut self.nodes[index];
         if sim_node.paused || sim_node.in_flight.is_some() {
             return;
@@ -972,6 +984,7 @@ impl Simulation {
             raft_violation: self.violation,
             linearizability,
             ap,
+            ap_history: std::mem::take(&mut self.ap_records),
             convergence,
             trace_hash: self.trace.finish(),
             history: self.history,

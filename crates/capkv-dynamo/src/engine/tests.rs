@@ -64,7 +64,7 @@ impl Cluster {
         };
         for id in 1..=3 {
             let storage = MemStorage::new();
-            let dynamo = Dynamo::restore(config(id, bugs), &storage, buckets()).unwrap();
+            let dynamo = Dynamo::restore(config(id, bugs), &storage, buckets(), 1).unwrap();
             cluster.nodes.insert(NodeId(id), dynamo);
             cluster.storage.insert(NodeId(id), storage);
         }
@@ -96,7 +96,8 @@ impl Cluster {
 
     fn restart(&mut self, id: u64) {
         let storage = &self.storage[&NodeId(id)];
-        let mut dynamo = Dynamo::restore(config(id, self.bugs), storage, buckets()).unwrap();
+        let mut dynamo =
+            Dynamo::restore(config(id, self.bugs), storage, buckets(), self.now_ms << 20).unwrap();
         dynamo.tick(self.now_ms);
         self.nodes.insert(NodeId(id), dynamo);
         self.down.remove(&NodeId(id));
@@ -535,4 +536,53 @@ fn a_restarted_coordinator_never_reuses_a_dot() {
     let mut bad = config;
     bad.tombstone_grace_ms = bad.hint_ttl_ms;
     assert!(bad.check().is_err());
+}
+
+#[test]
+fn a_duplicated_coordinate_message_makes_one_write() {
+    let nodes: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let spec = ApSpec {
+        replicas: 1,
+        ..SPEC_SIBLINGS
+    };
+    let buckets: BTreeMap<String, ApSpec> = [("s".to_string(), spec)].into_iter().collect();
+    let engine = |id: u64| {
+        let mut config = DynamoConfig::new(NodeId(id), nodes.clone());
+        config.ae_interval_ms = 0;
+        let mut dynamo = Dynamo::restore(config, &MemStorage::new(), buckets.clone(), 1).unwrap();
+        dynamo.tick(1_000);
+        dynamo
+    };
+    let mut origin = engine(1);
+    let key = (0..100)
+        .map(|n| format!("k{n}"))
+        .find(|key| origin.replicas("s", key, 1) != [NodeId(1)])
+        .unwrap();
+    let replica = origin.replicas("s", &key, 1)[0];
+    origin.handle_request(
+        1,
+        ApRequest::Write {
+            bucket: "s".into(),
+            key: key.clone(),
+            value: Some(b"v".to_vec()),
+            context: None,
+            level: None,
+        },
+        spec,
+    );
+    let (mut batch, mut messages, mut responses) = (WriteBatch::new(), Vec::new(), Vec::new());
+    origin.take_ready(&mut batch, &mut messages, &mut responses);
+    let coordinate = messages
+        .into_iter()
+        .find(|(to, message)| *to == replica && matches!(message, DynamoMessage::Coordinate { .. }))
+        .unwrap()
+        .1;
+    let mut target = engine(replica.0);
+    target.handle_message(NodeId(1), coordinate.clone());
+    target.handle_message(NodeId(1), coordinate);
+    assert_eq!(target.stats().writes, 1);
+    let Some(Object::Siblings(set)) = target.object("s", &key) else {
+        panic!("the write is stored");
+    };
+    assert_eq!(set.sibling_count(), 1, "one write, one dot");
 }
