@@ -251,9 +251,14 @@ pub enum ApError {
         /// The key's replicas.
         replicas: Vec<NodeId>,
     },
-    /// Too much work in flight, or a bound was hit.
+    /// Too much work in flight.
     #[error("busy: {0}")]
     Busy(String),
+    /// The write would make the key's object too large (too many siblings
+    /// or too many bytes): resolve the siblings by writing with the
+    /// context of a read first.
+    #[error("too large: {0}")]
+    TooLarge(String),
 }
 
 /// The causal context a reader gets and a writer sends back. In siblings

@@ -128,6 +128,11 @@ pub struct DynamoConfig {
     pub max_drift_ms: u64,
     /// Most coordinated requests in flight.
     pub requests_max: usize,
+    /// Most siblings a write may leave on a key.
+    pub siblings_max: usize,
+    /// Most encoded bytes of one key's object (under the transport's frame
+    /// limit, so every object can travel whole).
+    pub object_bytes_max: usize,
     /// Deliberate bugs, for checker tests.
     pub bugs: DynamoBugs,
 }
@@ -154,6 +159,8 @@ impl DynamoConfig {
             tombstone_grace_ms: 7 * 3_600_000,
             max_drift_ms: 500,
             requests_max: 10_000,
+            siblings_max: 64,
+            object_bytes_max: 8 << 20,
             bugs: DynamoBugs::default(),
         }
     }
@@ -961,6 +968,11 @@ impl Dynamo {
                 (register, SessionVersion::Lww(timestamp, self.config.id))
             }
         };
+        if let Err(reason) = self.check_size(&object) {
+            // Nothing was stored; the dot counter only moves forward.
+            self.respond(requester, ApResponse::Failed(ApError::TooLarge(reason)));
+            return;
+        }
         self.meta_dirty = true;
         let digest = self.store_object(&bucket, &key, object.clone());
         let session = Session {
@@ -1008,6 +1020,28 @@ impl Dynamo {
             },
         );
         self.progress_write(req);
+    }
+
+    fn check_size(&self, object: &Object) -> Result<(), String> {
+        if let Object::Siblings(set) = object {
+            if set.sibling_count() > self.config.siblings_max {
+                return Err(format!(
+                    "the key would have {} siblings (at most {}); read it and write with the \
+                     context to resolve them",
+                    set.sibling_count(),
+                    self.config.siblings_max
+                ));
+            }
+        }
+        let bytes = object.encoded_len();
+        if bytes > self.config.object_bytes_max {
+            return Err(format!(
+                "the key's object would be {bytes} bytes (at most {}); resolve its siblings \
+                 by writing with the context of a read",
+                self.config.object_bytes_max
+            ));
+        }
+        Ok(())
     }
 
     fn on_ack(&mut self, from: NodeId, req: u64, digest: u64) {

@@ -586,3 +586,27 @@ fn a_duplicated_coordinate_message_makes_one_write() {
     };
     assert_eq!(set.sibling_count(), 1, "one write, one dot");
 }
+
+#[test]
+fn a_write_that_would_grow_siblings_past_the_bound_is_refused() {
+    let mut cluster = Cluster::new(DynamoBugs::default());
+    for node in cluster.nodes.values_mut() {
+        node.config.siblings_max = 3;
+    }
+    for value in ["a", "b", "c"] {
+        let answer = cluster.write(1, "s", Some(value), None, WriteLevel::All);
+        assert!(matches!(answer, ApResponse::Written { .. }), "{answer:?}");
+    }
+    let answer = cluster.write(1, "s", Some("d"), None, WriteLevel::All);
+    assert!(
+        matches!(answer, ApResponse::Failed(ApError::TooLarge(_))),
+        "{answer:?}"
+    );
+    let (read, context) = values(&cluster.read(2, "s", ReadLevel::All, None));
+    assert_eq!(read.len(), 3, "the refused write left nothing");
+    let answer = cluster.write(1, "s", Some("d"), Some(context), WriteLevel::All);
+    assert!(
+        matches!(answer, ApResponse::Written { .. }),
+        "resolving is always allowed"
+    );
+}
