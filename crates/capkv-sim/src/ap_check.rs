@@ -120,29 +120,22 @@ impl ApRecord {
 /// Every replica's final object for each key: (node, object).
 pub type FinalState = BTreeMap<String, Vec<(NodeId, Option<Object>)>>;
 
-/// Runs every checker; `Ok` names what was checked. Records are checked
-/// key by key (the checkers never relate two keys).
+/// Runs every checker; `Ok` names what was checked.
 pub fn check(
     records: &[ApRecord],
     state: &FinalState,
     conflict: Conflict,
 ) -> Result<String, String> {
     convergence(state)?;
-    let mut by_key: BTreeMap<&str, Vec<ApRecord>> = BTreeMap::new();
-    for record in records {
-        by_key.entry(&record.key).or_default().push(record.clone());
-    }
-    for records in by_key.values() {
-        quorum_overlap(records)?;
-        sessions(records)?;
-        match conflict {
-            Conflict::Siblings => {
-                honest_reads(records)?;
-                no_lost_writes(records, state)?;
-                no_resurrection(records, state)?;
-            }
-            Conflict::Lww => lww_winner(records, state)?,
+    quorum_overlap(records)?;
+    sessions(records)?;
+    match conflict {
+        Conflict::Siblings => {
+            honest_reads(records)?;
+            no_lost_writes(records, state)?;
+            no_resurrection(records, state)?;
         }
+        Conflict::Lww => lww_winner(records, state)?,
     }
     let acknowledged = records.iter().filter(|r| r.acknowledged()).count();
     let reads = records
@@ -190,66 +183,133 @@ fn shown(object: &Object) -> Vec<String> {
         .collect()
 }
 
-/// Whether some write that may have been applied, and whose own dot
-/// satisfies `in_history` (or is unknown), carried a context covering `dot`.
-fn superseded(records: &[ApRecord], key: &str, dot: Dot, in_history: impl Fn(Dot) -> bool) -> bool {
-    records.iter().any(|x| {
-        x.key == key
-            && x.maybe_applied()
-            && x.dot() != Some(dot)
-            && x.sent_context
-                .as_ref()
-                .is_some_and(|context| context.vv.covers(dot))
-            && x.dot().is_none_or(&in_history)
-    })
+/// The records grouped by key.
+fn by_key(records: &[ApRecord]) -> BTreeMap<&str, Vec<&ApRecord>> {
+    let mut groups: BTreeMap<&str, Vec<&ApRecord>> = BTreeMap::new();
+    for record in records {
+        groups.entry(&record.key).or_default().push(record);
+    }
+    groups
+}
+
+/// How a write may have been superseded, as far as a reader can tell.
+enum Killers {
+    /// A write with an unknown dot carried a context covering it: any
+    /// history may hold that write instead.
+    Unknown,
+    /// Per coordinator, the smallest counter among the known superseding
+    /// writes: a context covers one of them when it reaches that counter.
+    Known(BTreeMap<NodeId, u64>),
+}
+
+impl Killers {
+    /// For every write of one key with a known dot: the writes that may
+    /// have been applied and carried a context covering it. One sweep per
+    /// coordinator: its writes by falling counter, adding the mutations
+    /// whose context reaches each counter (O((W + M) log M) per node).
+    fn by_dot(records: &[&ApRecord]) -> BTreeMap<Dot, Killers> {
+        let mutations: Vec<(Option<Dot>, &Context)> = records
+            .iter()
+            .filter(|x| x.maybe_applied())
+            .filter_map(|x| Some((x.dot(), x.sent_context.as_ref()?)))
+            .collect();
+        let mut dots_by_node: BTreeMap<NodeId, Vec<Dot>> = BTreeMap::new();
+        for dot in records.iter().filter_map(|w| w.dot()) {
+            dots_by_node.entry(dot.node).or_default().push(dot);
+        }
+        let mut killers = BTreeMap::new();
+        for (node, mut dots) in dots_by_node {
+            dots.sort_by_key(|dot| std::cmp::Reverse(dot.counter));
+            let mut reaching: Vec<(u64, Option<Dot>)> = mutations
+                .iter()
+                .map(|(dot, context)| (context.vv.get(node), *dot))
+                .filter(|(reach, _)| *reach > 0)
+                .collect();
+            reaching.sort_by_key(|(reach, _)| std::cmp::Reverse(*reach));
+            let mut next = 0;
+            let mut unknown = false;
+            let mut smallest: BTreeMap<NodeId, u64> = BTreeMap::new();
+            for dot in dots {
+                while let Some((reach, killer)) = reaching.get(next) {
+                    if *reach < dot.counter {
+                        break;
+                    }
+                    match killer {
+                        None => unknown = true,
+                        Some(killer) => {
+                            let entry = smallest.entry(killer.node).or_insert(killer.counter);
+                            *entry = (*entry).min(killer.counter);
+                        }
+                    }
+                    next += 1;
+                }
+                let entry = if unknown {
+                    Killers::Unknown
+                } else {
+                    Killers::Known(smallest.clone())
+                };
+                killers.insert(dot, entry);
+            }
+        }
+        killers
+    }
+
+    /// Whether a history with context `vv` holds one of them.
+    fn any_in(&self, vv: &capkv_dynamo::VersionVector) -> bool {
+        match self {
+            Killers::Unknown => true,
+            Killers::Known(smallest) => smallest
+                .iter()
+                .any(|(node, counter)| vv.get(*node) >= *counter),
+        }
+    }
 }
 
 /// Checker 2.
 pub fn no_lost_writes(records: &[ApRecord], state: &FinalState) -> Result<(), String> {
-    for w in records
-        .iter()
-        .filter(|r| r.acknowledged() && r.kind == ApKind::Write)
-    {
-        let Some(dot) = w.dot() else { continue };
-        let Some(Object::Siblings(set)) = final_object(state, &w.key) else {
+    for (key, records) in by_key(records) {
+        let mut killers = None;
+        for w in records
+            .iter()
+            .filter(|r| r.acknowledged() && r.kind == ApKind::Write)
+        {
+            let Some(dot) = w.dot() else { continue };
+            let Some(Object::Siblings(set)) = final_object(state, key) else {
+                return Err(format!(
+                    "acknowledged write {:?} of key {key} (dot {dot:?}) is gone: the key has no data",
+                    w.value
+                ));
+            };
+            let present = set.siblings().any(|(sibling, _)| sibling == dot);
+            let killers = killers.get_or_insert_with(|| Killers::by_dot(&records));
+            if present || killers.get(&dot).is_some_and(|k| k.any_in(set.context())) {
+                continue;
+            }
             return Err(format!(
-                "acknowledged write {:?} of key {} (dot {dot:?}) is gone: the key has no data",
-                w.value, w.key
+                "acknowledged write {:?} of key {key} (dot {dot:?}, client {}) was lost: not a \
+                 sibling and no write that saw it reached the final state",
+                w.value, w.client
             ));
-        };
-        let present = set.siblings().any(|(sibling, _)| sibling == dot);
-        if present || superseded(records, &w.key, dot, |x| set.context().covers(x)) {
-            continue;
         }
-        return Err(format!(
-            "acknowledged write {:?} of key {} (dot {dot:?}, client {}) was lost: not a sibling \
-             and no write that saw it reached the final state",
-            w.value, w.key, w.client
-        ));
     }
     Ok(())
 }
 
 /// Checker 3.
 pub fn honest_reads(records: &[ApRecord]) -> Result<(), String> {
-    // For each write with a known dot: the dots (None = unknown) of the
-    // writes that superseded it.
-    let writes: Vec<(Dot, &String, Vec<Option<Dot>>)> = records
+    by_key(records)
+        .values()
+        .try_for_each(|records| honest_reads_of_one_key(records))
+}
+
+fn honest_reads_of_one_key(records: &[&ApRecord]) -> Result<(), String> {
+    let mut killers = Killers::by_dot(records);
+    let writes: Vec<(Dot, &String, Killers)> = records
         .iter()
         .filter(|w| w.kind == ApKind::Write && w.maybe_applied())
         .filter_map(|w| {
             let (dot, value) = (w.dot()?, w.value.as_ref()?);
-            let killers = records
-                .iter()
-                .filter(|x| {
-                    x.key == w.key
-                        && x.maybe_applied()
-                        && x.dot() != Some(dot)
-                        && x.sent_context.as_ref().is_some_and(|c| c.vv.covers(dot))
-                })
-                .map(ApRecord::dot)
-                .collect();
-            Some((dot, value, killers))
+            Some((dot, value, killers.remove(&dot)?))
         })
         .collect();
     for read in records {
@@ -258,12 +318,7 @@ pub fn honest_reads(records: &[ApRecord]) -> Result<(), String> {
         };
         for (dot, value, killers) in &writes {
             let dot = *dot;
-            if !context.vv.covers(dot)
-                || values.contains(value)
-                || killers
-                    .iter()
-                    .any(|killer| killer.is_none_or(|x| context.vv.covers(x)))
-            {
+            if !context.vv.covers(dot) || values.contains(value) || killers.any_in(&context.vv) {
                 continue;
             }
             return Err(format!(
@@ -283,26 +338,68 @@ fn covers(context: &Context, version: SessionVersion) -> bool {
     }
 }
 
-/// Checker 4.
+/// Checker 4. A sweep in time order: every strong read must cover every
+/// strong write acknowledged before it was invoked, that is, reach the
+/// largest counter per coordinator (or the largest timestamp) among them.
 pub fn quorum_overlap(records: &[ApRecord]) -> Result<(), String> {
-    for read in records.iter().filter(|r| r.strong) {
-        let ApOutcome::Read { context, .. } = &read.outcome else {
-            continue;
-        };
-        for w in records.iter().filter(|w| {
-            w.key == read.key && w.strong && w.acknowledged() && w.completed < read.invoked
-        }) {
-            let Some(version) = w.version() else { continue };
-            if !covers(context, version) {
-                return Err(format!(
-                    "a {} read of key {} invoked at {}µs missed write {:?} acknowledged at \
-                     {}µs at quorum or all (R + W > N)",
-                    "strong", read.key, read.invoked, w.value, w.completed
-                ));
+    for (key, records) in by_key(records) {
+        let mut writes: Vec<(u64, SessionVersion, &ApRecord)> = records
+            .iter()
+            .filter(|w| w.strong && w.acknowledged())
+            .filter_map(|w| Some((w.completed, w.version()?, *w)))
+            .collect();
+        writes.sort_by_key(|(completed, _, _)| *completed);
+        let mut reads: Vec<(&ApRecord, &Context)> = records
+            .iter()
+            .filter(|r| r.strong)
+            .filter_map(|r| match &r.outcome {
+                ApOutcome::Read { context, .. } => Some((*r, context)),
+                _ => None,
+            })
+            .collect();
+        reads.sort_by_key(|(read, _)| read.invoked);
+        // The newest acknowledged write per coordinator (by counter or by
+        // timestamp) so far.
+        let mut newest: BTreeMap<NodeId, (SessionVersion, &ApRecord)> = BTreeMap::new();
+        let mut next = 0;
+        for (read, context) in reads {
+            while let Some((completed, version, write)) = writes.get(next) {
+                if *completed >= read.invoked {
+                    break;
+                }
+                let node = match version {
+                    SessionVersion::Dot(dot) => dot.node,
+                    // One chain for lww: only the largest timestamp matters.
+                    SessionVersion::Lww(..) => NodeId(0),
+                };
+                let replace = newest
+                    .get(&node)
+                    .is_none_or(|(current, _)| newer(*version, *current));
+                if replace {
+                    newest.insert(node, (*version, write));
+                }
+                next += 1;
+            }
+            for (version, write) in newest.values() {
+                if !covers(context, *version) {
+                    return Err(format!(
+                        "a strong read of key {key} invoked at {}µs missed write {:?} \
+                         acknowledged at {}µs at quorum or all (R + W > N)",
+                        read.invoked, write.value, write.completed
+                    ));
+                }
             }
         }
     }
     Ok(())
+}
+
+fn newer(a: SessionVersion, b: SessionVersion) -> bool {
+    match (a, b) {
+        (SessionVersion::Dot(a), SessionVersion::Dot(b)) => a.counter > b.counter,
+        (SessionVersion::Lww(a, an), SessionVersion::Lww(b, bn)) => (a, an) > (b, bn),
+        _ => false,
+    }
 }
 
 /// Checker 5.
