@@ -226,6 +226,16 @@ pub enum ApError {
         /// N.
         replicas: usize,
     },
+    /// This node holds no replica of the key and handed the write to one
+    /// that did not answer in time. The write may or may not have been
+    /// applied (the hand-off may still arrive): the outcome is unknown.
+    #[error("replica {coordinator} did not answer in time; the write's outcome is unknown")]
+    CoordinatorTimeout {
+        /// The replica the write was handed to.
+        coordinator: NodeId,
+        /// N.
+        replicas: usize,
+    },
     /// A read with a session token could not find that write (or a later
     /// one) on any replica that answered; it refuses to return older data.
     #[error("no replica that answered ({responded} of {replicas}) has seen the session's write")]

@@ -370,6 +370,8 @@ struct ReadOp {
 
 struct ForwardOp {
     request_id: u64,
+    coordinator: NodeId,
+    replicas: usize,
     deadline_ms: u64,
 }
 
@@ -909,11 +911,16 @@ impl Dynamo {
                 return;
             };
             let req = self.next_req();
+            // A little longer than the coordinator's own deadline, so that
+            // its answer (even a "no quorum") normally arrives first.
+            let timeout = self.config.request_timeout_ms + self.config.request_timeout_ms / 4;
             self.forwards.insert(
                 req,
                 ForwardOp {
                     request_id,
-                    deadline_ms: self.now_ms + self.config.request_timeout_ms,
+                    coordinator: target,
+                    replicas: replicas.len(),
+                    deadline_ms: self.now_ms + timeout,
                 },
             );
             self.messages.push((
@@ -1152,10 +1159,9 @@ impl Dynamo {
                 self.stats.no_quorum += 1;
                 self.responses.push((
                     forward.request_id,
-                    ApResponse::Failed(ApError::NoQuorum {
-                        required: 1,
-                        responded: 0,
-                        replicas: 0,
+                    ApResponse::Failed(ApError::CoordinatorTimeout {
+                        coordinator: forward.coordinator,
+                        replicas: forward.replicas,
                     }),
                 ));
             }

@@ -293,9 +293,9 @@ impl ApClient {
             }
             // A write that missed its level is not undone: it may be on
             // some replicas.
-            Response::Ap(ApResponse::Failed(ApError::NoQuorum { .. })) => {
-                ApOutcome::Unknown { version: None }
-            }
+            Response::Ap(ApResponse::Failed(
+                ApError::NoQuorum { .. } | ApError::CoordinatorTimeout { .. },
+            )) => ApOutcome::Unknown { version: None },
             // Bad tokens, busy, not a replica, session not met, bucket not
             // yet known here: nothing was written.
             _ => ApOutcome::Failed,
