@@ -42,6 +42,15 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// Snapshot after this many applied entries.
     pub snapshot_interval_entries: u64,
+    /// Background anti-entropy: one Merkle exchange this often (0 = off).
+    pub ae_interval_ms: u64,
+    /// Most hints held for unreachable replicas (0 = hinted handoff off:
+    /// every hint is dropped and anti-entropy repairs instead).
+    pub hints_max: usize,
+    /// The ap coordinator answers (or gives up) within this long. `None`
+    /// is half of `request_timeout_ms`, so the engine's own answer (with
+    /// how many replicas responded) arrives before the HTTP deadline.
+    pub ap_request_timeout_ms: Option<u64>,
 }
 
 impl ServerConfig {
@@ -68,7 +77,17 @@ impl ServerConfig {
             heartbeat_interval_ticks: 3,
             request_timeout_ms: 2_000,
             snapshot_interval_entries: 10_000,
+            ae_interval_ms: 10_000,
+            hints_max: 100_000,
+            ap_request_timeout_ms: None,
         }
+    }
+
+    /// The ap engine's request timeout: the setting, or half of the HTTP
+    /// request deadline.
+    pub fn ap_request_timeout_ms(&self) -> u64 {
+        self.ap_request_timeout_ms
+            .unwrap_or((self.request_timeout_ms / 2).max(1))
     }
 
     /// Rejects settings that cannot work, with a sentence saying why.
@@ -89,6 +108,14 @@ impl ServerConfig {
         }
         if self.request_timeout_ms == 0 || self.request_timeout_ms > 60_000 {
             return Err("request timeout must be 1..=60000 ms".into());
+        }
+        let ap_timeout_ms = self.ap_request_timeout_ms();
+        if ap_timeout_ms == 0 || ap_timeout_ms >= self.request_timeout_ms {
+            return Err(format!(
+                "the ap request timeout ({ap_timeout_ms} ms) must be at least 1 ms and below the \
+                 request timeout ({} ms), so the ap engine answers before the HTTP deadline",
+                self.request_timeout_ms
+            ));
         }
         Ok(())
     }

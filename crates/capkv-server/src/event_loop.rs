@@ -8,7 +8,7 @@
 
 use crate::metrics::Metrics;
 use capkv_core::{LogIndex, NodeId, Term};
-use capkv_node::{BucketSpec, Node, NodeEvent, PeerMessage, Request, Response};
+use capkv_node::{BucketSpec, DynamoStats, Node, NodeEvent, PeerMessage, Request, Response};
 use capkv_raft::Role;
 use capkv_storage::{FjallStorage, Storage, StorageError};
 use capkv_transport::Transport;
@@ -65,6 +65,8 @@ pub struct Status {
     pub snapshot_index: LogIndex,
     /// Buckets as of the applied index.
     pub buckets: BTreeMap<String, BucketSpec>,
+    /// The ap engine's counters.
+    pub ap: DynamoStats,
 }
 
 impl Status {
@@ -80,6 +82,7 @@ impl Status {
             last_index: raft.log().last_index(),
             snapshot_index: raft.log().snapshot_index(),
             buckets: node.kv().buckets().clone(),
+            ap: node.dynamo().stats(),
         }
     }
 }

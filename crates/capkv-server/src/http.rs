@@ -14,8 +14,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use capkv_node::{
-    Applied, BucketMode, BucketSpec, Command, Expected, PeerMessage, ReadConsistency, Request,
-    RequestError, Response as NodeResponse,
+    ApError, ApRequest, ApResponse, ApSpec, Applied, BucketMode, BucketSpec, Command, Conflict,
+    Expected, PeerMessage, ReadConsistency, ReadLevel, Request, RequestError,
+    Response as NodeResponse, WriteLevel,
 };
 use capkv_transport::Transport;
 use serde::Deserialize;
@@ -30,6 +31,18 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 pub const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Longest deadline a client may ask for.
 pub const TIMEOUT_MS_MAX: u64 = 60_000;
+/// Longest causal context or session token accepted (the ap engine's own
+/// bound).
+pub const TOKEN_CHARS_MAX: usize = 8192;
+/// The header that may carry an ap write's causal context.
+pub const CONTEXT_HEADER: &str = "x-capkv-context";
+/// The header that carries an ap write's session token (answers) and may
+/// carry it on a read (requests).
+pub const SESSION_HEADER: &str = "x-capkv-session";
+/// How long a request on a bucket this node does not know yet waits for
+/// the node to apply it (a bucket created a moment ago through another
+/// node), before it is sent as a cp request.
+const BUCKET_WAIT: Duration = Duration::from_millis(250);
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -106,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nemesis/heal", post(nemesis_heal))
         .route("/v1/nemesis/links", post(nemesis_links))
         .route("/v1/nemesis/apply", post(nemesis_apply))
+        .route("/v1/repair", post(repair))
         .route("/metrics", get(metrics))
         .fallback(not_found_route)
         .with_state(state)
@@ -124,6 +138,27 @@ fn finish(state: &AppState, route: &str, result: ApiResult) -> Response {
                 .observe_request(route, error.status.as_u16(), error.code);
             error.into_response()
         }
+    }
+}
+
+/// Like [`finish`], with the `X-Capkv-Session` header on a success that
+/// carries a session token.
+fn finish_with_session(
+    state: &AppState,
+    route: &str,
+    result: Result<(StatusCode, Value, Option<String>), ApiError>,
+) -> Response {
+    match result {
+        Ok((status, body, session)) => {
+            let mut response = finish(state, route, Ok((status, body)));
+            if let Some(value) =
+                session.and_then(|session| axum::http::HeaderValue::from_str(&session).ok())
+            {
+                response.headers_mut().insert(SESSION_HEADER, value);
+            }
+            response
+        }
+        Err(error) => finish(state, route, Err(error)),
     }
 }
 
@@ -146,20 +181,27 @@ async fn health(State(state): State<AppState>) -> Response {
 
 async fn cluster(State(state): State<AppState>) -> Response {
     let status = state.status.borrow().clone();
+    let ap = serde_json::to_value(status.ap).unwrap_or(Value::Null);
     let nodes: Vec<Value> = state
         .config
         .members
         .iter()
         .map(|(id, address)| {
-            json!({
+            let mut node = json!({
                 "id": id.0,
                 "peer": address.peer.to_string(),
                 "http": address.http.map(|http| http.to_string()),
-            })
+            });
+            // A node knows only its own ap counters; ask the others for theirs.
+            if *id == state.config.id {
+                node["ap"] = ap.clone();
+            }
+            node
         })
         .collect();
     let body = json!({
         "node_id": state.config.id.0,
+        "ap": ap,
         "nodes": nodes,
         "groups": [{
             "group": 0,
@@ -181,7 +223,7 @@ async fn list_buckets(State(state): State<AppState>) -> Response {
         .borrow()
         .buckets
         .iter()
-        .map(|(name, spec)| json!({"name": name, "mode": spec.mode.as_str(), "replicas": spec.replicas}))
+        .map(|(name, spec)| bucket_json(name, spec))
         .collect();
     finish(
         &state,
@@ -200,12 +242,33 @@ struct BucketBody {
     write: Option<String>,
 }
 
+/// A bucket as `GET /v1/buckets` and `PUT /v1/buckets/{bucket}` show it:
+/// name and mode always, the ap settings for ap buckets.
+fn bucket_json(name: &str, spec: &BucketSpec) -> Value {
+    let mut body = json!({
+        "name": name,
+        "bucket": name,
+        "mode": spec.mode.as_str(),
+        "replicas": spec.replicas,
+    });
+    if let Some(ap) = spec.ap_spec() {
+        body["conflict"] = Value::from(ap.conflict.as_str());
+        body["read"] = Value::from(ap.read.as_str());
+        body["write"] = Value::from(ap.write.as_str());
+    }
+    body
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CommonQuery {
     timeout_ms: Option<u64>,
     consistency: Option<String>,
     if_version: Option<u64>,
+    /// ap writes: the causal context of the read the write follows.
+    context: Option<String>,
+    /// ap reads: the session token of an earlier write.
+    session: Option<String>,
 }
 
 async fn create_bucket(
@@ -223,54 +286,207 @@ async fn create_bucket(
                 "bucket body must be JSON like {{\"mode\":\"cp\"}}: {e}"
             ))
         })?;
-        let mode = match spec.mode.as_str() {
-            "cp" => BucketMode::Cp,
-            "ap" => {
-                return Err(ApiError::invalid(
-                    "ap buckets are not available yet (issue 4); use \"mode\":\"cp\"",
-                ))
-            }
+        let members = state.config.members.len();
+        let (mode, bucket_spec) = match spec.mode.as_str() {
+            "cp" => (BucketMode::Cp, cp_bucket_spec(&spec, members)?),
+            "ap" => (BucketMode::Ap, ap_bucket_spec(&spec, members)?),
             other => {
                 return Err(ApiError::invalid(format!(
                     "unknown mode '{other}': use cp or ap"
                 )))
             }
         };
-        if spec.conflict.is_some() || spec.read.is_some() || spec.write.is_some() {
-            return Err(ApiError::invalid(
-                "conflict, read and write settings apply to ap buckets only",
-            ));
-        }
-        let voters = state.config.members.len() as u8;
-        let replicas = spec.replicas.unwrap_or(voters);
-        if replicas != voters {
-            return Err(ApiError::invalid(format!(
-                "a cp bucket is replicated on the whole Raft group: replicas must be {voters}"
-            )));
-        }
         let request = Request::Write(Command::CreateBucket {
             name: name.clone(),
-            spec: BucketSpec::cp(replicas),
+            spec: bucket_spec.clone(),
         });
         match call(&state, request, query.timeout_ms, true).await? {
-            NodeResponse::Applied(Applied::BucketReady { created }) => Ok((
-                StatusCode::OK,
-                json!({"bucket": name, "mode": mode.as_str(), "created": created}),
-            )),
+            NodeResponse::Applied(Applied::BucketReady { created }) => {
+                let mut body = json!({"bucket": name, "mode": mode.as_str(), "created": created});
+                if let Some(ap) = bucket_spec.ap_spec() {
+                    body["replicas"] = Value::from(ap.replicas);
+                    body["conflict"] = Value::from(ap.conflict.as_str());
+                    body["read"] = Value::from(ap.read.as_str());
+                    body["write"] = Value::from(ap.write.as_str());
+                }
+                Ok((StatusCode::OK, body))
+            }
             NodeResponse::Applied(Applied::BucketConflict { existing }) => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "bucket_conflict",
                 format!(
-                    "bucket '{name}' exists with mode {}",
-                    existing.mode.as_str()
+                    "bucket '{name}' exists with other settings (mode {}, {} replicas)",
+                    existing.mode.as_str(),
+                    existing.replicas
                 ),
             )
-            .with("mode", Value::from(existing.mode.as_str()))),
+            .with("mode", Value::from(existing.mode.as_str()))
+            .with("existing", bucket_json(&name, &existing))),
             other => Err(unexpected(other)),
         }
     }
     .await;
     finish(&state, "bucket_create", result)
+}
+
+/// A cp bucket: replicated on the whole Raft group; no ap settings.
+fn cp_bucket_spec(spec: &BucketBody, members: usize) -> Result<BucketSpec, ApiError> {
+    if spec.conflict.is_some() || spec.read.is_some() || spec.write.is_some() {
+        return Err(ApiError::invalid(
+            "conflict, read and write settings apply to ap buckets only",
+        ));
+    }
+    let voters = u8::try_from(members).unwrap_or(u8::MAX);
+    let replicas = spec.replicas.unwrap_or(voters);
+    if replicas != voters {
+        return Err(ApiError::invalid(format!(
+            "a cp bucket is replicated on the whole Raft group: replicas must be {voters}"
+        )));
+    }
+    Ok(BucketSpec::cp(replicas))
+}
+
+/// An ap bucket: N = `replicas` (default min(3, cluster size)), siblings
+/// and quorum levels unless the body says otherwise.
+fn ap_bucket_spec(spec: &BucketBody, members: usize) -> Result<BucketSpec, ApiError> {
+    let members_max = u8::try_from(members).unwrap_or(u8::MAX);
+    let replicas = spec.replicas.unwrap_or(3.min(members_max));
+    if replicas == 0 || replicas > members_max {
+        return Err(ApiError::invalid(format!(
+            "an ap bucket keeps 1 to {members_max} replicas of each key (one per node); got {replicas}"
+        )));
+    }
+    let conflict = match spec.conflict.as_deref() {
+        None => Conflict::Siblings,
+        Some(text) => Conflict::parse(text).ok_or_else(|| {
+            ApiError::invalid(format!("unknown conflict '{text}': use siblings or lww"))
+        })?,
+    };
+    let read = match spec.read.as_deref() {
+        None => ReadLevel::Quorum,
+        Some(text) => ReadLevel::parse(text).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown read level '{text}': use local, one, quorum or all"
+            ))
+        })?,
+    };
+    let write = match spec.write.as_deref() {
+        None => WriteLevel::Quorum,
+        Some(text) => WriteLevel::parse(text).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown write level '{text}': use one, quorum or all"
+            ))
+        })?,
+    };
+    Ok(BucketSpec::ap(ApSpec {
+        replicas,
+        conflict,
+        read,
+        write,
+    }))
+}
+
+/// The bucket's settings as this node knows them. A bucket this node has
+/// not applied yet (created a moment ago through another node) gets a short
+/// wait; `None` after it means the node does not know the bucket.
+async fn bucket_spec(state: &AppState, bucket: &str) -> Option<BucketSpec> {
+    if let Some(spec) = state.status.borrow().buckets.get(bucket) {
+        return Some(spec.clone());
+    }
+    let mut status = state.status.clone();
+    let waited = tokio::time::timeout(
+        BUCKET_WAIT,
+        status.wait_for(|status| status.buckets.contains_key(bucket)),
+    )
+    .await;
+    match waited {
+        Ok(Ok(status)) => status.buckets.get(bucket).cloned(),
+        _ => None,
+    }
+}
+
+/// Refuses ap-only parameters on a cp bucket.
+fn refuse_ap_parameters(query: &CommonQuery, headers: &HeaderMap) -> Result<(), ApiError> {
+    if query.context.is_some() || headers.contains_key(CONTEXT_HEADER) {
+        return Err(ApiError::invalid(
+            "context applies to ap buckets; cp buckets take if_version for compare-and-set",
+        ));
+    }
+    if query.session.is_some() || headers.contains_key(SESSION_HEADER) {
+        return Err(ApiError::invalid(
+            "session applies to ap buckets; cp reads are linearizable by default",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses cp-only parameters on an ap bucket.
+fn refuse_cp_parameters(query: &CommonQuery) -> Result<(), ApiError> {
+    if query.if_version.is_some() {
+        return Err(ApiError::invalid(
+            "if_version applies to cp buckets; an ap write supersedes what it read by sending \
+             the read's context (?context= or X-Capkv-Context)",
+        ));
+    }
+    Ok(())
+}
+
+/// A token from the query or, failing that, its header.
+fn token(
+    from_query: Option<&String>,
+    headers: &HeaderMap,
+    header: &str,
+    what: &str,
+) -> Result<Option<String>, ApiError> {
+    let text = match from_query {
+        Some(text) => Some(text.clone()),
+        None => match headers.get(header) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| ApiError::invalid(format!("invalid {what}: not ASCII text")))?
+                    .to_string(),
+            ),
+        },
+    };
+    match text {
+        Some(text) if text.is_empty() || text.len() > TOKEN_CHARS_MAX => Err(ApiError::invalid(
+            format!("invalid {what}: must be 1 to {TOKEN_CHARS_MAX} characters"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn write_level(query: &CommonQuery, spec: &ApSpec) -> Result<WriteLevel, ApiError> {
+    match query.consistency.as_deref() {
+        None => Ok(spec.write),
+        Some("linearizable" | "stale") => Err(ApiError::invalid(
+            "linearizable and stale apply to cp buckets; ap writes take one, quorum or all",
+        )),
+        Some("local") => Err(ApiError::invalid(
+            "local applies to ap reads; ap writes take one, quorum or all",
+        )),
+        Some(text) => WriteLevel::parse(text).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown consistency '{text}': ap writes take one, quorum or all"
+            ))
+        }),
+    }
+}
+
+fn read_level(query: &CommonQuery, spec: &ApSpec) -> Result<ReadLevel, ApiError> {
+    match query.consistency.as_deref() {
+        None => Ok(spec.read),
+        Some("linearizable" | "stale") => Err(ApiError::invalid(
+            "linearizable and stale apply to cp buckets; ap reads take local, one, quorum or all",
+        )),
+        Some(text) => ReadLevel::parse(text).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown consistency '{text}': ap reads take local, one, quorum or all"
+            ))
+        }),
+    }
 }
 
 fn read_consistency(query: &CommonQuery) -> Result<ReadConsistency, ApiError> {
@@ -290,10 +506,15 @@ async fn get_key(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<CommonQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Response {
     let result = async {
         let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
         let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+        if let Some(spec) = ap_spec_of(&state, &bucket).await {
+            return ap_get(&state, bucket, key, &query, &headers, &spec).await;
+        }
+        refuse_ap_parameters(&query, &headers)?;
         let consistency = read_consistency(&query)?;
         let request = Request::Read {
             bucket,
@@ -304,15 +525,7 @@ async fn get_key(
             NodeResponse::Value(Some(versioned)) => {
                 let mut body = Map::new();
                 body.insert("key".into(), Value::from(key));
-                match String::from_utf8(versioned.value) {
-                    Ok(text) => body.insert("value".into(), Value::from(text)),
-                    Err(error) => body.insert(
-                        "value_base64".into(),
-                        Value::from(
-                            base64::engine::general_purpose::STANDARD.encode(error.into_bytes()),
-                        ),
-                    ),
-                };
+                insert_value(&mut body, versioned.value);
                 body.insert("version".into(), Value::from(versioned.version));
                 Ok((StatusCode::OK, Value::Object(body)))
             }
@@ -328,15 +541,108 @@ async fn get_key(
     finish(&state, "kv_get", result)
 }
 
+/// `"value": text`, or `"value_base64"` when the bytes are not UTF-8.
+fn insert_value(body: &mut Map<String, Value>, value: Vec<u8>) {
+    match String::from_utf8(value) {
+        Ok(text) => body.insert("value".into(), Value::from(text)),
+        Err(error) => body.insert(
+            "value_base64".into(),
+            Value::from(base64::engine::general_purpose::STANDARD.encode(error.into_bytes())),
+        ),
+    };
+}
+
+/// The bucket's ap settings, or `None` for a cp bucket or one this node
+/// does not know (the cp path answers those).
+async fn ap_spec_of(state: &AppState, bucket: &str) -> Option<ApSpec> {
+    bucket_spec(state, bucket)
+        .await
+        .and_then(|spec| spec.ap_spec())
+}
+
+async fn ap_get(
+    state: &AppState,
+    bucket: String,
+    key: String,
+    query: &CommonQuery,
+    headers: &HeaderMap,
+    spec: &ApSpec,
+) -> ApiResult {
+    refuse_cp_parameters(query)?;
+    if query.context.is_some() {
+        return Err(ApiError::invalid(
+            "context applies to ap writes; a read returns one",
+        ));
+    }
+    let level = read_level(query, spec)?;
+    let session = token(query.session.as_ref(), headers, SESSION_HEADER, "session")?;
+    let request = Request::Ap(ApRequest::Read {
+        bucket,
+        key: key.clone(),
+        level: Some(level),
+        session,
+    });
+    match call_ap(state, request, query.timeout_ms, false).await? {
+        ApResponse::Values {
+            values,
+            context,
+            responded,
+            replicas,
+        } if values.is_empty() => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("key '{key}' not found (absent or deleted)"),
+        )
+        .with("context", Value::from(context))
+        .with("responded", Value::from(responded))
+        .with("replicas", Value::from(replicas))
+        .with("consistency", Value::from(level.as_str()))),
+        ApResponse::Values {
+            values,
+            context,
+            responded,
+            replicas,
+        } => {
+            let siblings: Vec<Value> = values
+                .into_iter()
+                .map(|value| {
+                    let mut sibling = Map::new();
+                    insert_value(&mut sibling, value);
+                    Value::Object(sibling)
+                })
+                .collect();
+            Ok((
+                StatusCode::OK,
+                json!({
+                    "key": key,
+                    "siblings": siblings,
+                    "context": context,
+                    "responded": responded,
+                    "replicas": replicas,
+                    "consistency": level.as_str(),
+                }),
+            ))
+        }
+        ApResponse::Failed(error) => Err(ap_error(error, false)),
+        other => Err(unexpected(NodeResponse::Ap(other))),
+    }
+}
+
 async fn put_key(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<CommonQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let result = async {
         let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
         let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+        if let Some(spec) = ap_spec_of(&state, &bucket).await {
+            let value = read_body(body, VALUE_BYTES_MAX).await?.to_vec();
+            return ap_write(&state, bucket, key, Some(value), &query, &headers, &spec).await;
+        }
+        refuse_ap_parameters(&query, &headers)?;
         if query.consistency.is_some() {
             return Err(ApiError::invalid(
                 "cp writes are always linearizable: consistency applies to ap buckets",
@@ -346,7 +652,7 @@ async fn put_key(
         let command = write_command(bucket, key, query.if_version, Some(value));
         match call(&state, Request::Write(command), query.timeout_ms, true).await? {
             NodeResponse::Applied(Applied::Written { version }) => {
-                Ok((StatusCode::OK, json!({ "version": version })))
+                Ok((StatusCode::OK, json!({ "version": version }), None))
             }
             NodeResponse::Applied(Applied::CasFailed { current_version }) => {
                 Err(version_mismatch(query.if_version, current_version))
@@ -355,21 +661,31 @@ async fn put_key(
         }
     }
     .await;
-    finish(&state, "kv_put", result)
+    finish_with_session(&state, "kv_put", result)
 }
 
 async fn delete_key(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<CommonQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Response {
     let result = async {
         let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
         let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+        if let Some(spec) = ap_spec_of(&state, &bucket).await {
+            return ap_write(&state, bucket, key, None, &query, &headers, &spec).await;
+        }
+        refuse_ap_parameters(&query, &headers)?;
+        if query.consistency.is_some() {
+            return Err(ApiError::invalid(
+                "cp deletes are always linearizable: consistency applies to ap buckets",
+            ));
+        }
         let command = write_command(bucket, key, query.if_version, None);
         match call(&state, Request::Write(command), query.timeout_ms, true).await? {
             NodeResponse::Applied(Applied::Deleted { existed }) => {
-                Ok((StatusCode::OK, json!({ "deleted": existed })))
+                Ok((StatusCode::OK, json!({ "deleted": existed }), None))
             }
             NodeResponse::Applied(Applied::CasFailed { current_version }) => {
                 Err(version_mismatch(query.if_version, current_version))
@@ -378,7 +694,154 @@ async fn delete_key(
         }
     }
     .await;
-    finish(&state, "kv_delete", result)
+    finish_with_session(&state, "kv_delete", result)
+}
+
+/// An ap PUT (`value: Some`) or DELETE (`None`): answers the context after
+/// the write and its session token (also as the `X-Capkv-Session` header).
+async fn ap_write(
+    state: &AppState,
+    bucket: String,
+    key: String,
+    value: Option<Vec<u8>>,
+    query: &CommonQuery,
+    headers: &HeaderMap,
+    spec: &ApSpec,
+) -> Result<(StatusCode, Value, Option<String>), ApiError> {
+    refuse_cp_parameters(query)?;
+    if query.session.is_some() {
+        return Err(ApiError::invalid(
+            "session applies to ap reads; a write returns one",
+        ));
+    }
+    let level = write_level(query, spec)?;
+    let context = token(query.context.as_ref(), headers, CONTEXT_HEADER, "context")?;
+    let request = Request::Ap(ApRequest::Write {
+        bucket,
+        key,
+        value,
+        context,
+        level: Some(level),
+    });
+    match call_ap(state, request, query.timeout_ms, true).await? {
+        ApResponse::Written {
+            context,
+            session,
+            acks,
+            replicas,
+        } => Ok((
+            StatusCode::OK,
+            json!({
+                "context": context,
+                "session": session,
+                "acks": acks,
+                "replicas": replicas,
+                "consistency": level.as_str(),
+            }),
+            Some(session),
+        )),
+        ApResponse::Failed(error) => Err(ap_error(error, true)),
+        other => Err(unexpected(NodeResponse::Ap(other))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RepairBody {
+    bucket: Option<String>,
+}
+
+/// `POST /v1/repair`: starts Merkle anti-entropy exchanges with every peer
+/// now, for one ap bucket or all of them; they finish in the background.
+async fn repair(
+    State(state): State<AppState>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+        let bytes = read_body(body, JSON_BODY_BYTES_MAX).await?;
+        let repair: RepairBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+            RepairBody::default()
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::invalid(format!(
+                    "repair body must be {{}} or {{\"bucket\":\"name\"}}: {e}"
+                ))
+            })?
+        };
+        if let Some(bucket) = &repair.bucket {
+            if bucket_spec(&state, bucket).await.is_none() {
+                return Err(request_error(RequestError::BucketNotFound));
+            }
+        }
+        let request = Request::Ap(ApRequest::Repair {
+            bucket: repair.bucket,
+        });
+        match call_ap(&state, request, query.timeout_ms, false).await? {
+            ApResponse::RepairStarted { exchanges } => {
+                Ok((StatusCode::OK, json!({ "exchanges": exchanges })))
+            }
+            ApResponse::Failed(error) => Err(ap_error(error, false)),
+            other => Err(unexpected(NodeResponse::Ap(other))),
+        }
+    }
+    .await;
+    finish(&state, "repair", result)
+}
+
+/// An ap failure as an HTTP answer. A write that missed its level is not
+/// undone: `outcome` says whether it is stored anywhere.
+fn ap_error(error: ApError, write: bool) -> ApiError {
+    let message = error.to_string();
+    match error {
+        ApError::NoQuorum {
+            required,
+            responded,
+            replicas,
+        } => {
+            let answer = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", message)
+                .with("required", Value::from(required))
+                .with("responded", Value::from(responded))
+                .with("replicas", Value::from(replicas));
+            match (write, responded > 0) {
+                (false, _) => answer,
+                (true, true) => answer.with("outcome", Value::from("stored_on_some")),
+                (true, false) => answer.with("outcome", Value::from("not_applied")),
+            }
+        }
+        ApError::CoordinatorTimeout {
+            coordinator,
+            replicas,
+        } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
+            .with("coordinator", Value::from(coordinator.0))
+            .with("replicas", Value::from(replicas))
+            .with("outcome", Value::from("unknown")),
+        ApError::SessionNotSatisfied {
+            responded,
+            replicas,
+        } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session_not_satisfied",
+            message,
+        )
+        .with("responded", Value::from(responded))
+        .with("replicas", Value::from(replicas)),
+        ApError::BadToken { what, .. } => {
+            ApiError::invalid(message).with("parameter", Value::from(what))
+        }
+        ApError::NotAReplica { replicas, .. } => {
+            let ids: Vec<u64> = replicas.iter().map(|id| id.0).collect();
+            ApiError::new(StatusCode::BAD_REQUEST, "not_a_replica", message)
+                .with("replicas", Value::from(ids))
+        }
+        ApError::Busy(reason) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", reason)
+        }
+        ApError::TooLarge(reason) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", reason)
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -412,6 +875,46 @@ async fn call(
     timeout_ms: Option<u64>,
     mutates: bool,
 ) -> Result<NodeResponse, ApiError> {
+    call_with(state, request, timeout_ms, |timeout_ms| {
+        deadline_error(state, timeout_ms, mutates)
+    })
+    .await
+}
+
+/// [`call`] for an ap request. The engine answers within its own (shorter)
+/// timeout, so the deadline passes only when a client asked for less time
+/// than that: `504 timeout`, and for a write the outcome is unknown.
+async fn call_ap(
+    state: &AppState,
+    request: Request,
+    timeout_ms: Option<u64>,
+    mutates: bool,
+) -> Result<ApResponse, ApiError> {
+    let response = call_with(state, request, timeout_ms, |timeout_ms| {
+        let error = ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no answer from the ap replicas within {timeout_ms} ms"),
+        );
+        if mutates {
+            error.with("outcome", Value::from("unknown"))
+        } else {
+            error
+        }
+    })
+    .await?;
+    match response {
+        NodeResponse::Ap(response) => Ok(response),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn call_with(
+    state: &AppState,
+    request: Request,
+    timeout_ms: Option<u64>,
+    on_deadline: impl FnOnce(u64) -> ApiError,
+) -> Result<NodeResponse, ApiError> {
     let timeout_ms = timeout_ms.unwrap_or(state.config.request_timeout_ms);
     if timeout_ms == 0 || timeout_ms > TIMEOUT_MS_MAX {
         return Err(ApiError::invalid(format!(
@@ -443,8 +946,7 @@ async fn call(
         }
         // The loop forgot the request because its deadline passed (its
         // clock and ours race by a hair): that is the deadline answer.
-        Ok(Err(_)) => return Err(deadline_error(state, timeout_ms, mutates)),
-        Err(_) => return Err(deadline_error(state, timeout_ms, mutates)),
+        Ok(Err(_)) | Err(_) => return Err(on_deadline(timeout_ms)),
     };
     match response {
         NodeResponse::Failed(error) => Err(request_error(error)),

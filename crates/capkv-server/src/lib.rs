@@ -60,6 +60,9 @@ pub async fn run(config: ServerConfig, mut shutdown: watch::Receiver<bool>) -> a
     node_config.raft.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
     node_config.snapshot_interval_entries = config.snapshot_interval_entries;
     node_config.value_bytes_max = http::VALUE_BYTES_MAX;
+    node_config.dynamo.request_timeout_ms = config.ap_request_timeout_ms();
+    node_config.dynamo.ae_interval_ms = config.ae_interval_ms;
+    node_config.dynamo.hints_max = config.hints_max;
     node_config.raft.validate().map_err(anyhow::Error::msg)?;
     let node = Node::restore(node_config, &storage).context("cannot recover the node's state")?;
     tracing::info!(

@@ -1,6 +1,7 @@
 //! Counters and gauges for `GET /metrics`, in Prometheus text format.
 
 use crate::event_loop::Status;
+use capkv_node::DynamoStats;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,6 +163,87 @@ impl Metrics {
             "Inputs handled by the event loop (inputs per turn = this / turns).",
             self.inputs_total.load(Ordering::Relaxed),
         );
+        render_ap(&mut out, node, &status.ap);
         out
+    }
+}
+
+/// The ap engine's counters (`capkv_ap_*_total`) and gauges.
+fn render_ap(out: &mut String, node: u64, stats: &DynamoStats) {
+    let counters: [(&str, &str, u64); 12] = [
+        (
+            "writes",
+            "ap writes coordinated by this node.",
+            stats.writes,
+        ),
+        ("reads", "ap reads coordinated by this node.", stats.reads),
+        (
+            "no_quorum",
+            "ap requests answered no_quorum.",
+            stats.no_quorum,
+        ),
+        (
+            "read_repairs",
+            "Replicas sent a merged object by read repair.",
+            stats.read_repairs,
+        ),
+        (
+            "hints_stored",
+            "Hints stored for unreachable replicas.",
+            stats.hints_stored,
+        ),
+        (
+            "hints_delivered",
+            "Hints delivered and acknowledged.",
+            stats.hints_delivered,
+        ),
+        (
+            "hints_dropped",
+            "Hints dropped (full, expired or hinted handoff off).",
+            stats.hints_dropped,
+        ),
+        (
+            "ae_exchanges",
+            "Anti-entropy exchanges started.",
+            stats.ae_exchanges,
+        ),
+        (
+            "ae_in_sync",
+            "Anti-entropy exchanges that found the trees equal.",
+            stats.ae_in_sync,
+        ),
+        (
+            "ae_keys_repaired",
+            "Keys changed by anti-entropy on this node.",
+            stats.ae_keys_repaired,
+        ),
+        (
+            "tombstones_reaped",
+            "Tombstones removed after their grace period.",
+            stats.tombstones_reaped,
+        ),
+        (
+            "stale_writes_refused",
+            "Writes refused for being older than the hint ttl.",
+            stats.stale_writes_refused,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP capkv_ap_{name}_total {help}");
+        let _ = writeln!(out, "# TYPE capkv_ap_{name}_total counter");
+        let _ = writeln!(out, "capkv_ap_{name}_total{{node=\"{node}\"}} {value}");
+    }
+    let gauges: [(&str, &str, u64); 2] = [
+        ("hints_pending", "Hints held now.", stats.hints_pending),
+        (
+            "objects",
+            "ap objects (keys, tombstones included) held by this node.",
+            stats.objects,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP capkv_ap_{name} {help}");
+        let _ = writeln!(out, "# TYPE capkv_ap_{name} gauge");
+        let _ = writeln!(out, "capkv_ap_{name}{{node=\"{node}\"}} {value}");
     }
 }

@@ -63,6 +63,18 @@ pub struct NodeArgs {
     /// Snapshot after this many applied entries [default: 10000].
     #[arg(long, visible_alias = "snapshot-interval")]
     pub snapshot_interval_entries: Option<u64>,
+    /// Background anti-entropy (Merkle exchange) period of ap buckets in
+    /// milliseconds; 0 turns it off [default: 10000].
+    #[arg(long)]
+    pub ae_interval_ms: Option<u64>,
+    /// Most hints held for unreachable ap replicas; 0 turns hinted handoff
+    /// off (every hint is dropped) [default: 100000].
+    #[arg(long)]
+    pub hints_max: Option<usize>,
+    /// The ap coordinator's request timeout in milliseconds; below
+    /// --request-timeout-ms [default: half of it].
+    #[arg(long)]
+    pub ap_request_timeout_ms: Option<u64>,
     /// A TOML or JSON file with the same keys as the flags (`data-dir` or
     /// `data_dir`; `peers` as "1=HOST:PORT,..." or a table). Flags override it.
     #[arg(long)]
@@ -140,6 +152,12 @@ struct NodeFile {
     request_timeout_ms: Option<u64>,
     #[serde(alias = "snapshot_interval_entries")]
     snapshot_interval_entries: Option<u64>,
+    #[serde(alias = "ae_interval_ms")]
+    ae_interval_ms: Option<u64>,
+    #[serde(alias = "hints_max")]
+    hints_max: Option<usize>,
+    #[serde(alias = "ap_request_timeout_ms")]
+    ap_request_timeout_ms: Option<u64>,
 }
 
 /// `peers` in a file: the flag's text, or a table from id to address.
@@ -273,6 +291,15 @@ pub fn build_config(args: NodeArgs) -> Result<ServerConfig, String> {
         .or(file.snapshot_interval_entries)
     {
         config.snapshot_interval_entries = value;
+    }
+    if let Some(value) = args.ae_interval_ms.or(file.ae_interval_ms) {
+        config.ae_interval_ms = value;
+    }
+    if let Some(value) = args.hints_max.or(file.hints_max) {
+        config.hints_max = value;
+    }
+    if let Some(value) = args.ap_request_timeout_ms.or(file.ap_request_timeout_ms) {
+        config.ap_request_timeout_ms = Some(value);
     }
     config.validate()?;
     Ok(config)
@@ -483,5 +510,40 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/from-flag"));
         assert_eq!(config.cluster_secret, "file-secret");
         assert_eq!(config.members.len(), 1);
+    }
+
+    #[test]
+    fn ap_settings_come_from_flags_or_the_file() {
+        let config = build_config(flags()).unwrap();
+        assert_eq!((config.ae_interval_ms, config.hints_max), (10_000, 100_000));
+        assert_eq!(
+            config.ap_request_timeout_ms(),
+            config.request_timeout_ms / 2
+        );
+        let mut args = flags();
+        args.ae_interval_ms = Some(0);
+        args.hints_max = Some(0);
+        args.ap_request_timeout_ms = Some(700);
+        let config = build_config(args).unwrap();
+        assert_eq!((config.ae_interval_ms, config.hints_max), (0, 0));
+        assert_eq!(config.ap_request_timeout_ms(), 700);
+        let mut too_long = flags();
+        too_long.ap_request_timeout_ms = Some(5_000);
+        assert!(build_config(too_long)
+            .unwrap_err()
+            .contains("ap request timeout"));
+        let file = parse_config_text(
+            "ae-interval-ms = 500\nhints_max = 10\nap-request-timeout-ms = 300",
+            Some("toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                file.ae_interval_ms,
+                file.hints_max,
+                file.ap_request_timeout_ms
+            ),
+            (Some(500), Some(10), Some(300))
+        );
     }
 }
