@@ -23,6 +23,12 @@ pub mod codes {
     pub const TOO_LARGE: &str = "too_large";
     /// 503: this side of the cluster has no majority.
     pub const NO_QUORUM: &str = "no_quorum";
+    /// 503: an ap read with a session token found no replica that has seen
+    /// the session's write.
+    pub const SESSION_NOT_SATISFIED: &str = "session_not_satisfied";
+    /// 400: a `local` ap read on a node that holds no replica of the key;
+    /// the error's `replicas` detail names the nodes that do.
+    pub const NOT_A_REPLICA: &str = "not_a_replica";
     /// 503: the node sheds load.
     pub const OVERLOADED: &str = "overloaded";
     /// 504: the server's deadline passed; the write may or may not have

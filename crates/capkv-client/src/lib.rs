@@ -21,16 +21,17 @@ mod types;
 
 pub use error::{codes, ClientError};
 pub use types::{
-    BucketCreated, BucketInfo, BucketMode, BucketSpec, ClusterNode, ClusterStatus, ConflictMode,
-    Consistency, DeleteOptions, DeleteResult, GetOptions, GroupStatus, Health, KeyValue, LinkRule,
-    NemesisResult, NemesisRule, PutOptions, PutResult,
+    ApReadOptions, ApStats, ApValues, ApWriteOptions, ApWritten, BucketCreated, BucketInfo,
+    BucketMode, BucketSpec, ClusterNode, ClusterStatus, ConflictMode, Consistency, DeleteOptions,
+    DeleteResult, GetOptions, GroupStatus, Health, KeyValue, LinkRule, NemesisResult, NemesisRule,
+    PutOptions, PutResult, RepairStarted,
 };
 
 use base64::Engine as _;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
-use types::{BucketList, KeyValueWire, NemesisRules};
+use types::{ApValuesWire, BucketList, KeyValueWire, NemesisRules, SiblingWire};
 
 /// Per-request timeout unless [`Client::with_timeout`] says otherwise. Longer
 /// than the server's default request deadline (2 s), so the server's own
@@ -203,6 +204,115 @@ impl Client {
         let timeout = query.push_timeout(options.timeout_ms, self.request_timeout);
         url.push_str(&query.finish());
         self.send_json(self.http.delete(url), timeout).await
+    }
+
+    /// `PUT /v1/kv/{bucket}/{key}` on an ap bucket: the answer carries the
+    /// context after the write and its session token. A `no_quorum` error
+    /// with `outcome: stored_on_some` means the write is stored on some
+    /// replicas and will spread; it is not undone.
+    pub async fn ap_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        options: &ApWriteOptions,
+    ) -> Result<ApWritten, ClientError> {
+        let (url, timeout) = self.ap_write_url(bucket, key, options)?;
+        self.send_json(self.http.put(url).body(value.into()), timeout)
+            .await
+    }
+
+    /// `DELETE /v1/kv/{bucket}/{key}` on an ap bucket: writes a tombstone
+    /// (send the context of a read to delete what it saw).
+    pub async fn ap_delete(
+        &self,
+        bucket: &str,
+        key: &str,
+        options: &ApWriteOptions,
+    ) -> Result<ApWritten, ClientError> {
+        let (url, timeout) = self.ap_write_url(bucket, key, options)?;
+        self.send_json(self.http.delete(url), timeout).await
+    }
+
+    /// `GET /v1/kv/{bucket}/{key}` on an ap bucket: every sibling and the
+    /// context. An absent or deleted key is `Ok` with no siblings and the
+    /// context the server sent with its `404 not_found`, so a caller can
+    /// write over a tombstone causally.
+    pub async fn ap_get(
+        &self,
+        bucket: &str,
+        key: &str,
+        options: &ApReadOptions,
+    ) -> Result<ApValues, ClientError> {
+        let mut url = self.url(&key_path(bucket, key)?);
+        let mut query = QueryBuilder::default();
+        if let Some(consistency) = options.consistency {
+            query.push("consistency", consistency.as_str());
+        }
+        if let Some(session) = &options.session {
+            query.push("session", &query_value(session));
+        }
+        let timeout = query.push_timeout(options.timeout_ms, self.request_timeout);
+        url.push_str(&query.finish());
+        let (status, body) = self.send(self.http.get(url), timeout).await?;
+        if !(200..300).contains(&status) {
+            let error = ClientError::from_http_answer(status, &body);
+            return match (error.is_not_found(), error.details.get("context")) {
+                (true, Some(serde_json::Value::String(context))) => Ok(ApValues {
+                    key: key.to_string(),
+                    siblings: Vec::new(),
+                    context: context.clone(),
+                    responded: detail_u64(&error, "responded"),
+                    replicas: detail_u64(&error, "replicas"),
+                    consistency: error
+                        .details
+                        .get("consistency")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                }),
+                _ => Err(error),
+            };
+        }
+        let wire: ApValuesWire = serde_json::from_slice(&body).map_err(|error| ClientError {
+            status,
+            ..ClientError::local(
+                codes::BAD_RESPONSE,
+                format!("the answer does not match the API contract: {error}"),
+            )
+        })?;
+        decode_ap_values(wire)
+    }
+
+    /// `POST /v1/repair`: starts Merkle anti-entropy exchanges now for one
+    /// ap bucket (or all of them when `None`); they finish in the
+    /// background.
+    pub async fn repair(&self, bucket: Option<&str>) -> Result<RepairStarted, ClientError> {
+        let body = match bucket {
+            Some(bucket) => serde_json::json!({ "bucket": bucket }),
+            None => serde_json::json!({}),
+        };
+        let request = self.http.post(self.url("/v1/repair")).json(&body);
+        self.send_json(request, self.request_timeout).await
+    }
+
+    fn ap_write_url(
+        &self,
+        bucket: &str,
+        key: &str,
+        options: &ApWriteOptions,
+    ) -> Result<(String, Duration), ClientError> {
+        let mut url = self.url(&key_path(bucket, key)?);
+        let mut query = QueryBuilder::default();
+        if let Some(consistency) = options.consistency {
+            query.push("consistency", consistency.as_str());
+        }
+        if let Some(context) = &options.context {
+            query.push("context", &query_value(context));
+        }
+        let timeout = query.push_timeout(options.timeout_ms, self.request_timeout);
+        url.push_str(&query.finish());
+        Ok((url, timeout))
     }
 
     /// `POST /v1/nemesis/partition`: nodes talk only within their group.
@@ -405,8 +515,55 @@ fn decode_key_value(wire: KeyValueWire) -> Result<KeyValue, ClientError> {
     })
 }
 
-/// Builds `?a=b&c=d` from values that need no escaping (numbers and the
-/// fixed consistency names).
+/// Percent-encodes an opaque token for a query string.
+fn query_value(text: &str) -> String {
+    utf8_percent_encode(text, PATH_SEGMENT).to_string()
+}
+
+fn detail_u64(error: &ClientError, name: &str) -> u64 {
+    error
+        .details
+        .get(name)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+fn decode_sibling(wire: SiblingWire) -> Result<Vec<u8>, ClientError> {
+    match (wire.value, wire.value_base64) {
+        (Some(text), _) => Ok(text.into_bytes()),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map_err(|error| {
+                ClientError::local(
+                    codes::BAD_RESPONSE,
+                    format!("value_base64 is not base64: {error}"),
+                )
+            }),
+        (None, None) => Err(ClientError::local(
+            codes::BAD_RESPONSE,
+            "a sibling has neither value nor value_base64",
+        )),
+    }
+}
+
+fn decode_ap_values(wire: ApValuesWire) -> Result<ApValues, ClientError> {
+    let siblings = wire
+        .siblings
+        .into_iter()
+        .map(decode_sibling)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ApValues {
+        key: wire.key,
+        siblings,
+        context: wire.context,
+        responded: wire.responded,
+        replicas: wire.replicas,
+        consistency: wire.consistency,
+    })
+}
+
+/// Builds `?a=b&c=d` from values that need no escaping (numbers, the
+/// fixed consistency names, tokens passed through [`query_value`]).
 #[derive(Default)]
 struct QueryBuilder {
     /// The query so far, without the leading `?`.
@@ -502,6 +659,39 @@ mod tests {
         let decoded = decode_key_value(binary).unwrap();
         assert_eq!(decoded.value, vec![0xff, 0x00]);
         assert_eq!(decoded.value_text(), None);
+    }
+
+    #[test]
+    fn ap_siblings_decode_from_text_or_base64() {
+        let wire: ApValuesWire = serde_json::from_str(
+            r#"{"key":"k","siblings":[{"value":"a"},{"value_base64":"/wA="}],
+                "context":"c","responded":2,"replicas":3,"consistency":"quorum"}"#,
+        )
+        .unwrap();
+        let values = decode_ap_values(wire).unwrap();
+        assert_eq!(values.siblings, vec![b"a".to_vec(), vec![0xff, 0x00]]);
+        assert_eq!((values.responded, values.replicas), (2, 3));
+        let broken: ApValuesWire = serde_json::from_str(
+            r#"{"key":"k","siblings":[{}],"context":"c","responded":1,"replicas":1,"consistency":"one"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            decode_ap_values(broken).unwrap_err().code,
+            codes::BAD_RESPONSE
+        );
+        assert_eq!(query_value("a+b/c=="), "a%2Bb%2Fc%3D%3D");
+    }
+
+    #[test]
+    fn ap_bucket_specs_send_only_what_is_set() {
+        let spec = BucketSpec {
+            read: Some(Consistency::One),
+            ..BucketSpec::ap(3, ConflictMode::Lww)
+        };
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            serde_json::json!({"mode":"ap","replicas":3,"conflict":"lww","read":"one"})
+        );
     }
 
     #[test]

@@ -22,6 +22,45 @@ pub struct ClusterStatus {
     pub nodes: Vec<ClusterNode>,
     /// The Raft groups this node takes part in, as this node sees them.
     pub groups: Vec<GroupStatus>,
+    /// The answering node's ap engine counters (absent on servers without
+    /// ap buckets).
+    #[serde(default)]
+    pub ap: Option<ApStats>,
+}
+
+/// The ap engine's counters on one node (`"ap"` in `GET /v1/cluster`; the
+/// same figures as the `capkv_ap_*` metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ApStats {
+    /// Writes coordinated.
+    pub writes: u64,
+    /// Reads coordinated.
+    pub reads: u64,
+    /// Requests answered `no_quorum`.
+    pub no_quorum: u64,
+    /// Replicas sent a merged object by read repair.
+    pub read_repairs: u64,
+    /// Hints stored for unreachable replicas.
+    pub hints_stored: u64,
+    /// Hints delivered and acknowledged.
+    pub hints_delivered: u64,
+    /// Hints dropped (full, expired, or hinted handoff off).
+    pub hints_dropped: u64,
+    /// Hints held now.
+    pub hints_pending: u64,
+    /// Anti-entropy exchanges started.
+    pub ae_exchanges: u64,
+    /// Exchanges that found the trees equal.
+    pub ae_in_sync: u64,
+    /// Keys changed by anti-entropy on this node.
+    pub ae_keys_repaired: u64,
+    /// Tombstones removed.
+    pub tombstones_reaped: u64,
+    /// Writes refused as older than the hint ttl.
+    pub stale_writes_refused: u64,
+    /// Objects held.
+    pub objects: u64,
 }
 
 /// One member of the cluster.
@@ -84,18 +123,35 @@ pub enum ConflictMode {
     Siblings,
 }
 
+impl ConflictMode {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictMode::Lww => "lww",
+            ConflictMode::Siblings => "siblings",
+        }
+    }
+}
+
 /// Body of `PUT /v1/buckets/{bucket}`. Fields left `None` are not sent, so
-/// the server applies its defaults.
+/// the server applies its defaults (ap: N = min(3, cluster size),
+/// siblings, quorum reads and writes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BucketSpec {
     /// cp or ap.
     pub mode: BucketMode,
-    /// Replication factor.
+    /// Replication factor (ap: N, copies of each key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
     /// Conflict resolution of ap buckets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflict: Option<ConflictMode>,
+    /// Default read level of ap buckets (`local`, `one`, `quorum`, `all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<Consistency>,
+    /// Default write level of ap buckets (`one`, `quorum`, `all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write: Option<Consistency>,
 }
 
 impl BucketSpec {
@@ -105,6 +161,18 @@ impl BucketSpec {
             mode,
             replicas: None,
             conflict: None,
+            read: None,
+            write: None,
+        }
+    }
+
+    /// An ap bucket with N = `replicas` and the given conflict mode, quorum
+    /// levels by default.
+    pub fn ap(replicas: u32, conflict: ConflictMode) -> BucketSpec {
+        BucketSpec {
+            replicas: Some(replicas),
+            conflict: Some(conflict),
+            ..BucketSpec::new(BucketMode::Ap)
         }
     }
 }
@@ -119,6 +187,18 @@ pub struct BucketCreated {
     /// False when an identical bucket already existed (creation is
     /// idempotent).
     pub created: bool,
+    /// ap: N.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// ap: `siblings` or `lww`.
+    #[serde(default)]
+    pub conflict: Option<String>,
+    /// ap: the default read level.
+    #[serde(default)]
+    pub read: Option<String>,
+    /// ap: the default write level.
+    #[serde(default)]
+    pub write: Option<String>,
 }
 
 /// One entry of `GET /v1/buckets`.
@@ -131,6 +211,15 @@ pub struct BucketInfo {
     /// Its replication factor, when the server reports one.
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// ap: `siblings` or `lww`.
+    #[serde(default)]
+    pub conflict: Option<String>,
+    /// ap: the default read level.
+    #[serde(default)]
+    pub read: Option<String>,
+    /// ap: the default write level.
+    #[serde(default)]
+    pub write: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +234,8 @@ pub enum Consistency {
     Linearizable,
     /// cp: whatever the answering node has applied; may be behind.
     Stale,
+    /// ap reads: the answering node's own replica, without coordination.
+    Local,
     /// ap: one replica.
     One,
     /// ap: a majority of replicas.
@@ -159,10 +250,17 @@ impl Consistency {
         match self {
             Consistency::Linearizable => "linearizable",
             Consistency::Stale => "stale",
+            Consistency::Local => "local",
             Consistency::One => "one",
             Consistency::Quorum => "quorum",
             Consistency::All => "all",
         }
+    }
+}
+
+impl Serialize for Consistency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -288,4 +386,90 @@ pub struct NemesisRule {
 #[derive(Deserialize)]
 pub(crate) struct NemesisRules {
     pub(crate) rules: Vec<NemesisRule>,
+}
+
+/// Options of [`crate::Client::ap_put`] and [`crate::Client::ap_delete`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApWriteOptions {
+    /// `One`, `Quorum` or `All`; the bucket's default when `None`.
+    pub consistency: Option<Consistency>,
+    /// The causal context of the read this write follows: the write
+    /// supersedes what that read saw (siblings included).
+    pub context: Option<String>,
+    /// The server's deadline for this request, in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Options of [`crate::Client::ap_get`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApReadOptions {
+    /// `Local`, `One`, `Quorum` or `All`; the bucket's default when `None`.
+    pub consistency: Option<Consistency>,
+    /// A session token from an earlier write: the read sees that write or
+    /// answers `session_not_satisfied`.
+    pub session: Option<String>,
+    /// The server's deadline for this request, in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Answer of an ap `PUT` or `DELETE`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ApWritten {
+    /// The causal context after the write (covers it).
+    pub context: String,
+    /// The read-your-writes token of this write.
+    pub session: String,
+    /// Replicas that acknowledged before the answer.
+    pub acks: u64,
+    /// N.
+    pub replicas: u64,
+    /// The level the write was made at.
+    pub consistency: String,
+}
+
+/// Answer of an ap `GET`: every sibling and the context to write back.
+/// `siblings` is empty when the key is absent or deleted (the server's
+/// `404 not_found`, which still carries a context).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApValues {
+    /// The key.
+    pub key: String,
+    /// The concurrent values, in the server's order (one when there is no
+    /// conflict).
+    pub siblings: Vec<Vec<u8>>,
+    /// The causal context: send it with the next write to supersede these.
+    pub context: String,
+    /// Replicas that answered.
+    pub responded: u64,
+    /// N.
+    pub replicas: u64,
+    /// The level the read was made at.
+    pub consistency: String,
+}
+
+/// The wire form of [`ApValues`].
+#[derive(Deserialize)]
+pub(crate) struct ApValuesWire {
+    pub(crate) key: String,
+    pub(crate) siblings: Vec<SiblingWire>,
+    pub(crate) context: String,
+    pub(crate) responded: u64,
+    pub(crate) replicas: u64,
+    pub(crate) consistency: String,
+}
+
+/// One sibling on the wire: text or base64.
+#[derive(Deserialize)]
+pub(crate) struct SiblingWire {
+    #[serde(default)]
+    pub(crate) value: Option<String>,
+    #[serde(default)]
+    pub(crate) value_base64: Option<String>,
+}
+
+/// Answer of `POST /v1/repair`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct RepairStarted {
+    /// Anti-entropy exchanges started (they finish in the background).
+    pub exchanges: u64,
 }

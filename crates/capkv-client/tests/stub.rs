@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use capkv_client::{
-    codes, BucketMode, BucketSpec, Client, ConflictMode, Consistency, DeleteOptions, GetOptions,
-    LinkRule, PutOptions,
+    codes, ApReadOptions, ApWriteOptions, BucketMode, BucketSpec, Client, ConflictMode,
+    Consistency, DeleteOptions, GetOptions, LinkRule, PutOptions,
 };
 use serde_json::{json, Value};
 use std::future::Future;
@@ -51,6 +51,14 @@ async fn get_kv(uri: Uri) -> Response {
         "/v1/kv/bank/missing" => {
             error(StatusCode::NOT_FOUND, "not_found", "no key missing in bank")
         }
+        "/v1/kv/feed/k" => Json(json!({"key":"k","siblings":[{"value":"a"},{"value_base64":"AAH/"}],
+            "context":"ctx","responded":2,"replicas":3,"consistency":"quorum"}))
+        .into_response(),
+        "/v1/kv/feed/gone" => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error":"not_found","message":"deleted","context":"tomb","responded":3,"replicas":3})),
+        )
+            .into_response(),
         "/v1/kv/bank/slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Json(json!({"key":"slow","value":"late","version":1})).into_response()
@@ -196,11 +204,7 @@ async fn bucket_specs_send_only_the_fields_given() {
         assert_eq!(created.bucket, "bank");
         assert_eq!(created.mode, "cp");
         assert!(created.created);
-        let spec = BucketSpec {
-            mode: BucketMode::Ap,
-            replicas: Some(3),
-            conflict: Some(ConflictMode::Siblings),
-        };
+        let spec = BucketSpec::ap(3, ConflictMode::Siblings);
         let created = client.create_bucket("carts", &spec).await.unwrap();
         assert_eq!(created.mode, "ap");
     })
@@ -297,6 +301,52 @@ async fn keys_and_buckets_are_percent_encoded_and_queries_sent() {
             (refused.status, refused.code.as_str()),
             (0, codes::INVALID_REQUEST)
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ap_reads_decode_siblings_and_tombstones_and_writes_send_tokens() {
+    bounded(async {
+        let client = Client::new(&start_stub().await).unwrap();
+        let values = client
+            .ap_get("feed", "k", &ApReadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(values.siblings, vec![b"a".to_vec(), vec![0, 1, 255]]);
+        assert_eq!(values.context, "ctx");
+        let gone = client
+            .ap_get("feed", "gone", &ApReadOptions::default())
+            .await
+            .unwrap();
+        assert!(gone.siblings.is_empty());
+        assert_eq!((gone.context.as_str(), gone.responded), ("tomb", 3));
+        let options = ApReadOptions {
+            consistency: Some(Consistency::Local),
+            session: Some("d1.2.3".into()),
+            timeout_ms: None,
+        };
+        let echoed = client.ap_get("feed", "x", &options).await.unwrap_err();
+        assert_eq!(
+            echoed.code, "echo",
+            "a 404 without a context stays an error"
+        );
+        assert_eq!(
+            echoed.message,
+            "/v1/kv/feed/x?consistency=local&session=d1.2.3"
+        );
+        let options = ApWriteOptions {
+            consistency: Some(Consistency::All),
+            context: Some("a+b=".into()),
+            timeout_ms: Some(300),
+        };
+        let echoed = client.ap_put("feed", "x", "v", &options).await.unwrap_err();
+        assert_eq!(
+            echoed.message,
+            "/v1/kv/feed/x?consistency=all&context=a%2Bb%3D&timeout_ms=300"
+        );
+        let echoed = client.ap_delete("feed", "x", &options).await.unwrap_err();
+        assert_eq!(echoed.code, "echo");
     })
     .await;
 }
