@@ -1,5 +1,8 @@
-//! The client subcommands: `bucket`, `put`, `get`, `delete`, `cluster status`
-//! and `nemesis`. Each parses its arguments, makes one or a few requests with
+//! The client subcommands: `bucket`, `put`, `get`, `delete`, `repair`,
+//! `cluster status` and `nemesis`. `put`, `get` and `delete` serve cp and ap
+//! buckets: ap-only flags (`--context`, `--session`, levels one, quorum,
+//! all, local) pick the ap form, cp-only ones (`--if-version`, linearizable,
+//! stale) the cp form, and otherwise the bucket's mode is looked up first. Each parses its arguments, makes one or a few requests with
 //! `capkv-client`, and prints the answer for a person (or JSON with `--json`
 //! where a script wants it).
 //!
@@ -8,8 +11,9 @@
 
 use base64::Engine as _;
 use capkv_client::{
-    codes, BucketMode, BucketSpec, Client, ClientError, ClusterStatus, ConflictMode, Consistency,
-    DeleteOptions, GetOptions, LinkRule, NemesisResult, NemesisRule, PutOptions,
+    codes, ApReadOptions, ApValues, ApWriteOptions, ApWritten, BucketMode, BucketSpec, Client,
+    ClientError, ClusterStatus, ConflictMode, Consistency, DeleteOptions, GetOptions, LinkRule,
+    NemesisResult, NemesisRule, PutOptions,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::Write;
@@ -42,6 +46,14 @@ pub enum ClientCommand {
     Get(GetArgs),
     /// Delete a key.
     Delete(DeleteArgs),
+    /// Start Merkle anti-entropy exchanges now for one ap bucket, or all of
+    /// them (they finish in the background).
+    Repair {
+        /// The ap bucket; every ap bucket when left out.
+        bucket: Option<String>,
+        #[command(flatten)]
+        endpoint: EndpointArgs,
+    },
     /// Cluster membership and Raft state.
     Cluster {
         #[command(subcommand)]
@@ -83,9 +95,17 @@ pub enum BucketCommand {
         /// Replication factor (cp buckets use the whole Raft group).
         #[arg(long)]
         replicas: Option<u32>,
-        /// How an ap bucket resolves concurrent writes.
+        /// How an ap bucket resolves concurrent writes [default: siblings].
         #[arg(long, value_enum)]
         conflict: Option<ConflictArg>,
+        /// An ap bucket's default read level: local, one, quorum or all
+        /// [default: quorum].
+        #[arg(long, value_enum)]
+        read: Option<ConsistencyArg>,
+        /// An ap bucket's default write level: one, quorum or all
+        /// [default: quorum].
+        #[arg(long, value_enum)]
+        write: Option<ConsistencyArg>,
         #[command(flatten)]
         endpoint: EndpointArgs,
     },
@@ -131,6 +151,8 @@ pub enum ConsistencyArg {
     Linearizable,
     /// cp: the answering node's state, possibly behind.
     Stale,
+    /// ap reads: the answering node's own replica, without coordination.
+    Local,
     /// ap: one replica.
     One,
     /// ap: a majority of replicas.
@@ -145,6 +167,7 @@ impl ConsistencyArg {
         match self {
             ConsistencyArg::Linearizable => Consistency::Linearizable,
             ConsistencyArg::Stale => Consistency::Stale,
+            ConsistencyArg::Local => Consistency::Local,
             ConsistencyArg::One => Consistency::One,
             ConsistencyArg::Quorum => Consistency::Quorum,
             ConsistencyArg::All => Consistency::All,
@@ -158,6 +181,11 @@ impl ConsistencyArg {
             self,
             ConsistencyArg::One | ConsistencyArg::Quorum | ConsistencyArg::All
         )
+    }
+
+    /// True for the levels of ap buckets.
+    pub fn is_ap(self) -> bool {
+        !matches!(self, ConsistencyArg::Linearizable | ConsistencyArg::Stale)
     }
 }
 
@@ -177,6 +205,10 @@ pub struct PutArgs {
     /// Write consistency (ap buckets: one, quorum, all).
     #[arg(long, value_enum)]
     pub consistency: Option<ConsistencyArg>,
+    /// ap buckets: the context of the read this write follows (`capkv get`
+    /// prints it); the write supersedes what that read saw.
+    #[arg(long)]
+    pub context: Option<String>,
     /// The server's deadline for this request, in milliseconds.
     #[arg(long)]
     pub timeout_ms: Option<u64>,
@@ -191,10 +223,16 @@ pub struct GetArgs {
     pub bucket: String,
     /// The key.
     pub key: String,
-    /// Read consistency: linearizable or stale for cp; one, quorum or all for ap.
+    /// Read consistency: linearizable or stale for cp; local, one, quorum or
+    /// all for ap.
     #[arg(long, value_enum)]
     pub consistency: Option<ConsistencyArg>,
-    /// Print `{"key","value","version"}` as JSON instead of the bare value.
+    /// ap buckets: the session token of an earlier write (`capkv put`
+    /// prints it); the read sees that write or fails.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Print the answer as JSON (cp: `{"key","value","version"}`; ap: the
+    /// siblings and the context) instead of the bare value.
     #[arg(long)]
     pub json: bool,
     /// The server's deadline for this request, in milliseconds.
@@ -214,6 +252,12 @@ pub struct DeleteArgs {
     /// Compare-and-delete: delete only if the key is at this version.
     #[arg(long)]
     pub if_version: Option<u64>,
+    /// Delete consistency (ap buckets: one, quorum, all).
+    #[arg(long, value_enum)]
+    pub consistency: Option<ConsistencyArg>,
+    /// ap buckets: the context of the read this delete follows.
+    #[arg(long)]
+    pub context: Option<String>,
     /// The server's deadline for this request, in milliseconds.
     #[arg(long)]
     pub timeout_ms: Option<u64>,
@@ -395,6 +439,7 @@ async fn dispatch(command: ClientCommand) -> (&'static str, CommandResult) {
         ClientCommand::Put(args) => ("put", put(args).await),
         ClientCommand::Get(args) => ("get", get(args).await),
         ClientCommand::Delete(args) => ("delete", delete(args).await),
+        ClientCommand::Repair { bucket, endpoint } => ("repair", repair(bucket, &endpoint).await),
         ClientCommand::Cluster {
             command: ClusterCommand::Status { endpoint },
         } => ("cluster status", cluster_status(&endpoint).await),
@@ -409,8 +454,11 @@ async fn bucket(command: BucketCommand) -> CommandResult {
             mode,
             replicas,
             conflict,
+            read,
+            write,
             endpoint,
         } => {
+            check_bucket_levels(mode, read, write).map_err(bad_argument)?;
             let spec = BucketSpec {
                 mode: mode.to_client(),
                 replicas,
@@ -418,6 +466,8 @@ async fn bucket(command: BucketCommand) -> CommandResult {
                     ConflictArg::Lww => ConflictMode::Lww,
                     ConflictArg::Siblings => ConflictMode::Siblings,
                 }),
+                read: read.map(ConsistencyArg::to_client),
+                write: write.map(ConsistencyArg::to_client),
             };
             let created = Client::new(&endpoint.endpoint)?
                 .create_bucket(&name, &spec)
@@ -427,7 +477,17 @@ async fn bucket(command: BucketCommand) -> CommandResult {
             } else {
                 "already exists with these settings"
             };
-            println!("bucket {} ({}) {outcome}", created.bucket, created.mode);
+            let settings = match (&created.conflict, &created.read, &created.write) {
+                (Some(conflict), Some(read), Some(write)) => format!(
+                    ", N={}, conflict {conflict}, read {read}, write {write}",
+                    created.replicas.unwrap_or(0)
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "bucket {} ({}{settings}) {outcome}",
+                created.bucket, created.mode
+            );
             Ok(0)
         }
         BucketCommand::List { endpoint } => {
@@ -436,10 +496,25 @@ async fn bucket(command: BucketCommand) -> CommandResult {
                 println!("no buckets yet; create one with: capkv bucket create NAME --mode cp");
                 return Ok(0);
             }
-            let mut rows = vec![vec!["BUCKET".to_string(), "MODE".into(), "REPLICAS".into()]];
+            let mut rows = vec![vec![
+                "BUCKET".to_string(),
+                "MODE".into(),
+                "REPLICAS".into(),
+                "CONFLICT".into(),
+                "READ".into(),
+                "WRITE".into(),
+            ]];
+            let dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_string());
             for bucket in buckets {
                 let replicas = bucket.replicas.map_or("-".to_string(), |r| r.to_string());
-                rows.push(vec![bucket.name, bucket.mode, replicas]);
+                rows.push(vec![
+                    bucket.name,
+                    bucket.mode,
+                    replicas,
+                    dash(bucket.conflict),
+                    dash(bucket.read),
+                    dash(bucket.write),
+                ]);
             }
             print!("{}", format_table(&rows));
             Ok(0)
@@ -447,27 +522,191 @@ async fn bucket(command: BucketCommand) -> CommandResult {
     }
 }
 
+/// A client-side refusal of the arguments (exit code 2).
+fn bad_argument(message: String) -> ClientError {
+    ClientError::local(codes::INVALID_REQUEST, message)
+}
+
+/// An ap bucket takes read levels local..all and write levels one..all; a
+/// cp bucket takes neither.
+pub fn check_bucket_levels(
+    mode: ModeArg,
+    read: Option<ConsistencyArg>,
+    write: Option<ConsistencyArg>,
+) -> Result<(), String> {
+    if mode == ModeArg::Cp && (read.is_some() || write.is_some()) {
+        return Err("--read and --write apply to ap buckets (--mode ap)".into());
+    }
+    if read.is_some_and(|level| !level.is_ap()) {
+        return Err("--read takes local, one, quorum or all".into());
+    }
+    if write.is_some_and(|level| !level.applies_to_writes()) {
+        return Err("--write takes one, quorum or all".into());
+    }
+    Ok(())
+}
+
+/// Which API a put, get or delete uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// The flags say cp.
+    Cp,
+    /// The flags say ap.
+    Ap,
+    /// The flags do not say: ask the node for the bucket's mode.
+    Ask,
+}
+
+/// Picks the API from the flags: ap-only and cp-only flags together are a
+/// bad argument.
+pub fn flavor(
+    if_version: Option<u64>,
+    consistency: Option<ConsistencyArg>,
+    token: Option<&str>,
+) -> Result<Flavor, String> {
+    let ap = token.is_some() || consistency.is_some_and(ConsistencyArg::is_ap);
+    let cp = if_version.is_some() || consistency.is_some_and(|level| !level.is_ap());
+    match (cp, ap) {
+        (true, true) => Err(
+            "--if-version, linearizable and stale are for cp buckets; --context, --session and \
+             local, one, quorum, all are for ap buckets: they cannot be mixed"
+                .into(),
+        ),
+        (true, false) => Ok(Flavor::Cp),
+        (false, true) => Ok(Flavor::Ap),
+        (false, false) => Ok(Flavor::Ask),
+    }
+}
+
+/// Writes and deletes take one, quorum or all (ap buckets); cp writes are
+/// always linearizable and take no level.
+pub fn check_write_level(consistency: Option<ConsistencyArg>) -> Result<(), String> {
+    match consistency {
+        Some(ConsistencyArg::Local) => {
+            Err("writes take --consistency one, quorum or all (local is for ap reads)".into())
+        }
+        Some(ConsistencyArg::Linearizable | ConsistencyArg::Stale) => Err(
+            "cp writes are always linearizable: --consistency one, quorum or all is for ap buckets"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// True when the bucket is an ap bucket, as the node lists it. An unknown
+/// bucket counts as cp, whose answer (`bucket_not_found`) says so.
+async fn is_ap(client: &Client, bucket: &str, flavor: Flavor) -> Result<bool, ClientError> {
+    match flavor {
+        Flavor::Cp => Ok(false),
+        Flavor::Ap => Ok(true),
+        Flavor::Ask => Ok(client
+            .list_buckets()
+            .await?
+            .iter()
+            .any(|info| info.name == bucket && info.mode == "ap")),
+    }
+}
+
 async fn put(args: PutArgs) -> CommandResult {
+    let flavor =
+        flavor(args.if_version, args.consistency, args.context.as_deref()).map_err(bad_argument)?;
+    check_write_level(args.consistency).map_err(bad_argument)?;
+    let client = Client::new(&args.endpoint.endpoint)?;
+    if is_ap(&client, &args.bucket, flavor).await? {
+        let options = ApWriteOptions {
+            consistency: args.consistency.map(ConsistencyArg::to_client),
+            context: args.context,
+            timeout_ms: args.timeout_ms,
+        };
+        let written = client
+            .ap_put(&args.bucket, &args.key, args.value.into_bytes(), &options)
+            .await?;
+        print_written(&written);
+        return Ok(0);
+    }
     let options = PutOptions {
         if_version: args.if_version,
         consistency: args.consistency.map(ConsistencyArg::to_client),
         timeout_ms: args.timeout_ms,
     };
-    let written = Client::new(&args.endpoint.endpoint)?
+    let written = client
         .put(&args.bucket, &args.key, args.value.into_bytes(), &options)
         .await?;
     println!("version {}", written.version);
     Ok(0)
 }
 
+/// The lines an ap write prints: the context (for a later write), the
+/// session token (for a later read) and how many replicas acknowledged.
+pub fn format_written(written: &ApWritten) -> String {
+    format!(
+        "context: {}\nsession: {}\nacks: {}/{} ({})\n",
+        written.context, written.session, written.acks, written.replicas, written.consistency
+    )
+}
+
+fn print_written(written: &ApWritten) {
+    print!("{}", format_written(written));
+}
+
+/// The lines an ap read prints: one `value:` line per sibling (binary ones
+/// as `value_base64:`), then the context and how many replicas answered.
+pub fn format_values(values: &ApValues) -> String {
+    let mut text = String::new();
+    for sibling in &values.siblings {
+        match std::str::from_utf8(sibling) {
+            Ok(value) => text.push_str(&format!("value: {value}\n")),
+            Err(_) => text.push_str(&format!(
+                "value_base64: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(sibling)
+            )),
+        }
+    }
+    if values.siblings.len() > 1 {
+        text.push_str(&format!(
+            "siblings: {} (write with this context to resolve them)\n",
+            values.siblings.len()
+        ));
+    }
+    text.push_str(&format!(
+        "context: {}\nresponded: {}/{} ({})\n",
+        values.context, values.responded, values.replicas, values.consistency
+    ));
+    text
+}
+
+fn values_json(values: &ApValues) -> serde_json::Value {
+    let siblings: Vec<serde_json::Value> = values
+        .siblings
+        .iter()
+        .map(|sibling| match std::str::from_utf8(sibling) {
+            Ok(text) => serde_json::json!({ "value": text }),
+            Err(_) => serde_json::json!({
+                "value_base64": base64::engine::general_purpose::STANDARD.encode(sibling)
+            }),
+        })
+        .collect();
+    serde_json::json!({
+        "key": values.key,
+        "siblings": siblings,
+        "context": values.context,
+        "responded": values.responded,
+        "replicas": values.replicas,
+        "consistency": values.consistency,
+    })
+}
+
 async fn get(args: GetArgs) -> CommandResult {
+    let flavor = flavor(None, args.consistency, args.session.as_deref()).map_err(bad_argument)?;
+    let client = Client::new(&args.endpoint.endpoint)?;
+    if is_ap(&client, &args.bucket, flavor).await? {
+        return ap_get(&client, args).await;
+    }
     let options = GetOptions {
         consistency: args.consistency.map(ConsistencyArg::to_client),
         timeout_ms: args.timeout_ms,
     };
-    let read = Client::new(&args.endpoint.endpoint)?
-        .get(&args.bucket, &args.key, &options)
-        .await?;
+    let read = client.get(&args.bucket, &args.key, &options).await?;
     let mut stdout = std::io::stdout().lock();
     let written = if args.json {
         let value = match read.value_text() {
@@ -492,19 +731,72 @@ async fn get(args: GetArgs) -> CommandResult {
     Ok(0)
 }
 
+/// An ap read: every sibling and the context. An absent or deleted key
+/// prints its context (a write with it supersedes the tombstone) and exits
+/// 1 like a missing cp key.
+async fn ap_get(client: &Client, args: GetArgs) -> CommandResult {
+    let options = ApReadOptions {
+        consistency: args.consistency.map(ConsistencyArg::to_client),
+        session: args.session,
+        timeout_ms: args.timeout_ms,
+    };
+    let values = client.ap_get(&args.bucket, &args.key, &options).await?;
+    let text = if args.json {
+        format!("{}\n", values_json(&values))
+    } else {
+        format_values(&values)
+    };
+    // As for cp reads, a closed pipe is not worth a message.
+    drop(std::io::stdout().lock().write_all(text.as_bytes()));
+    if values.siblings.is_empty() {
+        eprintln!(
+            "capkv get: not_found: key '{}' is absent or deleted",
+            args.key
+        );
+        return Ok(EXIT_SERVER_ERROR);
+    }
+    Ok(0)
+}
+
 async fn delete(args: DeleteArgs) -> CommandResult {
+    let flavor =
+        flavor(args.if_version, args.consistency, args.context.as_deref()).map_err(bad_argument)?;
+    check_write_level(args.consistency).map_err(bad_argument)?;
+    let client = Client::new(&args.endpoint.endpoint)?;
+    if is_ap(&client, &args.bucket, flavor).await? {
+        let options = ApWriteOptions {
+            consistency: args.consistency.map(ConsistencyArg::to_client),
+            context: args.context,
+            timeout_ms: args.timeout_ms,
+        };
+        let written = client.ap_delete(&args.bucket, &args.key, &options).await?;
+        print_written(&written);
+        return Ok(0);
+    }
     let options = DeleteOptions {
         if_version: args.if_version,
         timeout_ms: args.timeout_ms,
     };
-    let deleted = Client::new(&args.endpoint.endpoint)?
-        .delete(&args.bucket, &args.key, &options)
-        .await?;
+    let deleted = client.delete(&args.bucket, &args.key, &options).await?;
     if deleted.deleted {
         println!("deleted");
     } else {
         println!("not found (nothing to delete)");
     }
+    Ok(0)
+}
+
+async fn repair(bucket: Option<String>, endpoint: &EndpointArgs) -> CommandResult {
+    let started = Client::new(&endpoint.endpoint)?
+        .repair(bucket.as_deref())
+        .await?;
+    let scope = bucket.map_or("every ap bucket".to_string(), |bucket| {
+        format!("bucket {bucket}")
+    });
+    println!(
+        "started {} anti-entropy exchanges for {scope}; they finish in the background",
+        started.exchanges
+    );
     Ok(0)
 }
 
@@ -791,6 +1083,63 @@ mod tests {
     }
 
     #[test]
+    fn ap_and_cp_flags_pick_the_api_and_cannot_mix() {
+        assert_eq!(flavor(None, None, None).unwrap(), Flavor::Ask);
+        assert_eq!(flavor(Some(3), None, None).unwrap(), Flavor::Cp);
+        assert_eq!(
+            flavor(None, Some(ConsistencyArg::Stale), None).unwrap(),
+            Flavor::Cp
+        );
+        assert_eq!(
+            flavor(None, Some(ConsistencyArg::Local), None).unwrap(),
+            Flavor::Ap
+        );
+        assert_eq!(flavor(None, None, Some("ctx")).unwrap(), Flavor::Ap);
+        assert!(flavor(Some(3), None, Some("ctx")).is_err());
+        assert!(flavor(None, Some(ConsistencyArg::Linearizable), Some("s")).is_err());
+        assert!(check_write_level(Some(ConsistencyArg::Local)).is_err());
+        assert!(check_write_level(Some(ConsistencyArg::Stale)).is_err());
+        assert!(check_write_level(Some(ConsistencyArg::All)).is_ok());
+        assert!(check_bucket_levels(ModeArg::Cp, Some(ConsistencyArg::One), None).is_err());
+        assert!(check_bucket_levels(ModeArg::Ap, None, Some(ConsistencyArg::Local)).is_err());
+        assert!(check_bucket_levels(ModeArg::Ap, Some(ConsistencyArg::Stale), None).is_err());
+        assert!(check_bucket_levels(
+            ModeArg::Ap,
+            Some(ConsistencyArg::Local),
+            Some(ConsistencyArg::All)
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn ap_answers_print_every_sibling_the_context_and_the_session() {
+        let values = ApValues {
+            key: "k".into(),
+            siblings: vec![b"a".to_vec(), vec![0xff]],
+            context: "CTX".into(),
+            responded: 2,
+            replicas: 3,
+            consistency: "quorum".into(),
+        };
+        assert_eq!(
+            format_values(&values),
+            "value: a\nvalue_base64: /w==\nsiblings: 2 (write with this context to resolve them)\n\
+             context: CTX\nresponded: 2/3 (quorum)\n"
+        );
+        let written = ApWritten {
+            context: "C".into(),
+            session: "S".into(),
+            acks: 3,
+            replicas: 3,
+            consistency: "all".into(),
+        };
+        assert_eq!(
+            format_written(&written),
+            "context: C\nsession: S\nacks: 3/3 (all)\n"
+        );
+    }
+
+    #[test]
     fn probabilities_are_bounded() {
         assert_eq!(parse_probability("0.3").unwrap(), 0.3);
         assert_eq!(parse_probability("1").unwrap(), 1.0);
@@ -820,6 +1169,7 @@ mod tests {
                 commit_index: 12,
                 applied_index: 11,
             }],
+            ap: None,
         };
         let table = format_cluster_table(&[
             (

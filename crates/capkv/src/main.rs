@@ -129,6 +129,61 @@ mod tests {
         );
         assert!(parse(&["delete", "bank", "alice"]).is_ok());
         assert!(parse(&["cluster", "status"]).is_ok());
+        assert!(parse(&[
+            "bucket",
+            "create",
+            "feed",
+            "--mode",
+            "ap",
+            "--replicas",
+            "3",
+            "--conflict",
+            "siblings",
+            "--read",
+            "local",
+            "--write",
+            "all"
+        ])
+        .is_ok());
+        assert!(parse(&["bucket", "create", "feed", "--mode", "ap", "--read", "most"]).is_err());
+        let cli = parse(&[
+            "put",
+            "feed",
+            "k",
+            "v",
+            "--consistency",
+            "one",
+            "--context",
+            "CTX",
+        ])
+        .unwrap();
+        let Command::Client(client_commands::ClientCommand::Put(put)) = cli.command else {
+            panic!("not a put");
+        };
+        assert_eq!(put.context.as_deref(), Some("CTX"));
+        assert!(parse(&[
+            "get",
+            "feed",
+            "k",
+            "--consistency",
+            "local",
+            "--session",
+            "S"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "delete",
+            "feed",
+            "k",
+            "--consistency",
+            "all",
+            "--context",
+            "C"
+        ])
+        .is_ok());
+        assert!(parse(&["repair"]).is_ok());
+        assert!(parse(&["repair", "feed", "--endpoint", "http://127.0.0.1:8002"]).is_ok());
+        assert!(parse(&["repair", "a", "b"]).is_err());
     }
 
     #[test]
