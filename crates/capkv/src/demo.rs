@@ -11,7 +11,7 @@
 //! because this is a demonstration on loopback.
 
 use crate::client_commands::{format_cluster_table, NodeView};
-use capkv_client::{codes, BucketMode, BucketSpec, Client, ClusterNode};
+use capkv_client::{codes, BucketMode, BucketSpec, Client, ClusterNode, ConflictMode};
 use clap::Args;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -39,6 +39,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_TAIL_LINES: usize = 15;
 /// The bucket the demo creates.
 const DEMO_BUCKET: &str = "bank";
+/// The demo's ap bucket (siblings, N = 3 or the cluster size if smaller).
+const DEMO_AP_BUCKET: &str = "feed";
 
 /// Arguments of `capkv demo`.
 #[derive(Args, Debug)]
@@ -422,7 +424,8 @@ async fn demo(args: DemoArgs) -> Result<u8, String> {
             return Ok(1);
         }
     }
-    if let Err(why) = create_demo_bucket(&probe, &mut cluster, &stop).await {
+    let ap_replicas = u32::from(args.nodes.min(3));
+    if let Err(why) = create_demo_bucket(&probe, &mut cluster, &stop, ap_replicas).await {
         eprintln!("capkv demo: {why}");
         print_state(&cluster, &probe).await;
         cluster.stop().await;
@@ -536,30 +539,43 @@ fn log_tail(path: &Path) -> String {
         .collect()
 }
 
-/// Creates the demo bucket, retrying while the new leader settles in.
+/// Creates the demo buckets (`bank`, cp; `feed`, ap with siblings),
+/// retrying while the new leader settles in.
 async fn create_demo_bucket(
     probe: &Client,
     cluster: &mut Cluster,
     stop: &watch::Receiver<bool>,
+    ap_replicas: u32,
 ) -> Result<(), String> {
     let deadline = Instant::now() + BUCKET_WAIT;
     let client = probe.clone().with_timeout(Duration::from_secs(3));
+    let mut pending = vec![
+        (DEMO_BUCKET, BucketSpec::new(BucketMode::Cp)),
+        (
+            DEMO_AP_BUCKET,
+            BucketSpec::ap(ap_replicas, ConflictMode::Siblings),
+        ),
+    ];
     loop {
         if let Some(failure) = describe_exits(cluster) {
             return Err(failure);
         }
-        let error = match client
-            .create_bucket(DEMO_BUCKET, &BucketSpec::new(BucketMode::Cp))
-            .await
-        {
-            Ok(_) => return Ok(()),
+        let Some((bucket, spec)) = pending.first() else {
+            return Ok(());
+        };
+        let bucket = *bucket;
+        let error = match client.create_bucket(bucket, spec).await {
+            Ok(_) => {
+                pending.remove(0);
+                continue;
+            }
             Err(error) => error,
         };
         let transient = error.status == 0
             || [codes::NO_QUORUM, codes::TIMEOUT, codes::OVERLOADED].contains(&error.code.as_str())
             || error.code == "not_leader";
         if !transient || Instant::now() >= deadline {
-            return Err(format!("cannot create the bucket {DEMO_BUCKET}: {error}"));
+            return Err(format!("cannot create the bucket {bucket}: {error}"));
         }
         if sleep_or_stop(POLL_INTERVAL, stop).await {
             return Err("interrupted".into());
@@ -619,7 +635,8 @@ fn banner(cluster: &Cluster, launch: &Launch) -> String {
     let first = &cluster.nodes[0];
     let program = shell_word(&launch.program);
     let mut text = format!(
-        "\ncapkv demo: {} nodes are up, with a leader; bucket '{DEMO_BUCKET}' (cp) is ready.\n\n{}\n",
+        "\ncapkv demo: {} nodes are up, with a leader; buckets '{DEMO_BUCKET}' (cp) and \
+         '{DEMO_AP_BUCKET}' (ap, siblings) are ready.\n\n{}\n",
         cluster.nodes.len(),
         crate::client_commands::format_table(&rows)
     );
@@ -633,6 +650,12 @@ fn banner(cluster: &Cluster, launch: &Launch) -> String {
     ));
     text.push_str(&format!("  {program} put {DEMO_BUCKET} alice 100\n"));
     text.push_str(&format!("  {program} get {DEMO_BUCKET} alice --json\n"));
+    text.push_str(&format!(
+        "  {program} put {DEMO_AP_BUCKET} post1 hello     # ap: prints the context and a session token\n"
+    ));
+    text.push_str(&format!(
+        "  {program} get {DEMO_AP_BUCKET} post1 --consistency all     # every sibling and the context\n"
+    ));
     text.push_str(&format!("  {program} cluster status\n"));
     if let Some(last) = cluster.nodes.last().filter(|last| last.id > 1) {
         let others: Vec<String> = cluster.nodes[1..]
@@ -650,7 +673,17 @@ fn banner(cluster: &Cluster, launch: &Launch) -> String {
             "  {program} put {DEMO_BUCKET} alice 50 --endpoint http://{}     # the majority side still works\n",
             last.http
         ));
+        text.push_str(&format!(
+            "  {program} put {DEMO_AP_BUCKET} post1 minority --consistency one     # ap: node 1 still takes writes\n"
+        ));
+        text.push_str(&format!(
+            "  {program} put {DEMO_AP_BUCKET} post1 majority --endpoint http://{}     # and so does the other side\n",
+            last.http
+        ));
         text.push_str(&format!("  {program} nemesis heal\n"));
+        text.push_str(&format!(
+            "  {program} repair {DEMO_AP_BUCKET} && {program} get {DEMO_AP_BUCKET} post1     # both writes, as siblings\n"
+        ));
         let victim = &cluster.nodes[1];
         if let Some(child) = &victim.child {
             text.push_str(&format!(
