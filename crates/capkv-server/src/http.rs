@@ -800,14 +800,27 @@ fn ap_error(error: ApError, write: bool) -> ApiError {
             responded,
             replicas,
         } => {
+            let (message, outcome) = match (write, responded > 0) {
+                (false, _) => (message, None),
+                (true, true) => (
+                    format!(
+                        "{message}; the write is stored on {responded} replica(s) and will \
+                         spread to the others (it is not undone)"
+                    ),
+                    Some("stored_on_some"),
+                ),
+                (true, false) => (
+                    format!("{message}; the write was not applied"),
+                    Some("not_applied"),
+                ),
+            };
             let answer = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_quorum", message)
                 .with("required", Value::from(required))
                 .with("responded", Value::from(responded))
                 .with("replicas", Value::from(replicas));
-            match (write, responded > 0) {
-                (false, _) => answer,
-                (true, true) => answer.with("outcome", Value::from("stored_on_some")),
-                (true, false) => answer.with("outcome", Value::from("not_applied")),
+            match outcome {
+                Some(outcome) => answer.with("outcome", Value::from(outcome)),
+                None => answer,
             }
         }
         ApError::CoordinatorTimeout {
