@@ -282,20 +282,28 @@ pub struct Context {
     pub vv: VersionVector,
     /// The newest timestamp the reader saw (lww mode).
     pub hlc: Hlc,
+    /// The coordinator that issued `hlc` (lww mode): with it, the context
+    /// names one write exactly, ties between coordinators included.
+    pub node: NodeId,
 }
 
 /// Longest context or session string accepted.
 pub const TOKEN_CHARS_MAX: usize = 8192;
 
 impl Context {
-    /// The opaque form: `<vv>` in siblings mode, `t<wall>.<logical>` in
-    /// lww mode.
+    /// The opaque form: `<vv>` in siblings mode, `t<wall>.<logical>.<node>`
+    /// in lww mode.
     pub fn encode(&self) -> String {
         if self.hlc == Hlc::default() {
             self.vv.encode()
         } else {
-            format!("t{}.{}", self.hlc.wall_ms, self.hlc.logical)
+            format!("t{}.{}.{}", self.hlc.wall_ms, self.hlc.logical, self.node.0)
         }
+    }
+
+    /// The lww version the context names: (timestamp, coordinator).
+    pub fn lww_version(&self) -> (Hlc, NodeId) {
+        (self.hlc, self.node)
     }
 
     /// Parses [`Context::encode`]'s output.
@@ -305,10 +313,14 @@ impl Context {
             reason,
         };
         if let Some(rest) = text.strip_prefix('t') {
-            let hlc = parse_hlc(rest).ok_or_else(|| bad("malformed timestamp".into()))?;
+            let (hlc, node) = rest
+                .rsplit_once('.')
+                .and_then(|(hlc, node)| Some((parse_hlc(hlc)?, node.parse().ok()?)))
+                .ok_or_else(|| bad("malformed timestamp".into()))?;
             return Ok(Context {
                 vv: VersionVector::new(),
                 hlc,
+                node: NodeId(node),
             });
         }
         let vv =
@@ -316,6 +328,7 @@ impl Context {
         Ok(Context {
             vv,
             hlc: Hlc::default(),
+            node: NodeId(0),
         })
     }
 }
@@ -433,6 +446,7 @@ mod tests {
             Context {
                 vv,
                 hlc: Hlc::default(),
+                node: NodeId(0),
             },
             Context {
                 vv: VersionVector::new(),
@@ -440,6 +454,7 @@ mod tests {
                     wall_ms: 99,
                     logical: 3,
                 },
+                node: NodeId(2),
             },
         ] {
             assert_eq!(Context::decode(&context.encode()), Ok(context));
@@ -472,6 +487,8 @@ mod tests {
             );
         }
         assert!(Context::decode("t1").is_err());
+        assert!(Context::decode("t1.2").is_err());
+        assert!(Context::decode("t1.2.x").is_err());
         assert!(Session::decode("d1.1.0").is_err());
     }
 }

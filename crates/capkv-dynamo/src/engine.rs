@@ -22,7 +22,8 @@
 //!    object, not a delta) to the other replicas, and answered after W
 //!    acknowledgements. Replicas that have not acknowledged by the deadline
 //!    get a hint: the object, stored durably on the coordinator and
-//!    re-sent when the replica answers pings again. Hints never count
+//!    re-sent when the replica answers pings again. A replica already
+//!    known to be down gets its hint at once, in the write's own batch. Hints never count
 //!    toward W. A write that misses W is answered `NoQuorum` but is not
 //!    undone: it stays on the replicas that took it and spreads.
 //! 3. A read asks every replica and answers after R of them (and, with a
@@ -1008,6 +1009,17 @@ impl Dynamo {
                 },
             ));
         }
+        // A replica already known to be down gets its hint now, in the
+        // same batch as the write: if this coordinator crashes before the
+        // deadline, the hint survives it.
+        let down: Vec<NodeId> = replicas
+            .iter()
+            .copied()
+            .filter(|node| !self.is_up(*node))
+            .collect();
+        for replica in down {
+            self.store_hint(replica, &bucket, &key, &object, origin_ms);
+        }
         let mut digests = BTreeMap::new();
         digests.insert(self.config.id, digest);
         self.writes.insert(
@@ -1436,7 +1448,9 @@ impl Dynamo {
         let hint = match self.hints.get(&hint_key) {
             Some(existing) => {
                 let mut merged = existing.object.clone();
-                merged.merge_from(object);
+                if !merged.merge_from(object) {
+                    return; // the hint already carries this write
+                }
                 Hint {
                     object: merged,
                     created_ms: existing.created_ms.min(origin_ms),

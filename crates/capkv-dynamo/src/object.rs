@@ -78,10 +78,12 @@ impl Object {
             Object::Siblings(set) => Context {
                 vv: set.context().clone(),
                 hlc: Hlc::default(),
+                node: capkv_core::NodeId(0),
             },
             Object::Lww(register) => Context {
                 vv: Default::default(),
                 hlc: register.timestamp,
+                node: register.node,
             },
         }
     }

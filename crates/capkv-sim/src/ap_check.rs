@@ -269,10 +269,8 @@ impl Killers {
 pub fn no_lost_writes(records: &[ApRecord], state: &FinalState) -> Result<(), String> {
     for (key, records) in by_key(records) {
         let mut killers = None;
-        for w in records
-            .iter()
-            .filter(|r| r.acknowledged() && r.kind == ApKind::Write)
-        {
+        // Deletes too: a delete lost everywhere brings the value back.
+        for w in records.iter().filter(|r| r.acknowledged()) {
             let Some(dot) = w.dot() else { continue };
             let Some(Object::Siblings(set)) = final_object(state, key) else {
                 return Err(format!(
@@ -334,7 +332,7 @@ fn honest_reads_of_one_key(records: &[&ApRecord]) -> Result<(), String> {
 fn covers(context: &Context, version: SessionVersion) -> bool {
     match version {
         SessionVersion::Dot(dot) => context.vv.covers(dot),
-        SessionVersion::Lww(timestamp, _) => context.hlc >= timestamp,
+        SessionVersion::Lww(timestamp, node) => context.lww_version() >= (timestamp, node),
     }
 }
 
@@ -455,6 +453,30 @@ pub fn lww_winner(records: &[ApRecord], state: &FinalState) -> Result<(), String
         let Some(Object::Lww(register)) = final_object(state, key) else {
             continue;
         };
+        let value = register
+            .value
+            .as_ref()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+        // The register must hold a write someone made: one with its exact
+        // version, or (versions of timed-out writes are unknown) one with
+        // its value and an unknown version.
+        let written = records.iter().any(|w| {
+            w.key == *key
+                && w.maybe_applied()
+                && match w.version() {
+                    Some(SessionVersion::Lww(timestamp, node)) => {
+                        register.version() == (timestamp, node)
+                    }
+                    Some(SessionVersion::Dot(_)) => false,
+                    None => w.value == value,
+                }
+        });
+        if !written {
+            return Err(format!(
+                "key {key}: the register holds {value:?} at {:?}, which no write made",
+                register.version()
+            ));
+        }
         for w in records
             .iter()
             .filter(|w| w.key == *key && w.maybe_applied())

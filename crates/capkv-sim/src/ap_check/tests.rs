@@ -36,6 +36,7 @@ fn ctx(entries: &[(u64, u64)]) -> Context {
     Context {
         vv: vv(entries),
         hlc: Hlc::default(),
+        node: n(0),
     }
 }
 
@@ -47,10 +48,12 @@ fn hlc(wall_ms: u64) -> Hlc {
 }
 
 /// An lww-mode context: the newest timestamp the read saw.
-fn hlc_ctx(wall_ms: u64) -> Context {
+/// An lww read's context: the (timestamp, coordinator) of what it saw.
+fn hlc_ctx(wall_ms: u64, node: u64) -> Context {
     Context {
         vv: VersionVector::new(),
         hlc: hlc(wall_ms),
+        node: n(node),
     }
 }
 
@@ -364,14 +367,9 @@ fn no_lost_writes_lets_a_superseder_of_unknown_dot_excuse_any_loss() {
 
 /// An acknowledged delete is a write of a tombstone, and it can be lost
 /// like any write: here the delete at (n2, 1), whose context covered "a",
-/// never reached any replica, and "a" is back. `no_lost_writes` looks only
-/// at `ApKind::Write`, and `no_resurrection` only at superseders the final
-/// context covers, so nothing notices. Fix: treat acknowledged deletes like
-/// writes in `no_lost_writes` (their dot must be a sibling, or a superseder
-/// of theirs must be in the final context).
+/// never reached any replica, and "a" is back. (This was a blind spot:
+/// `no_lost_writes` looked only at writes; it now checks deletes too.)
 #[test]
-#[ignore = "bug: checker weakness: an acknowledged delete lost everywhere (the deleted value \
-            back) passes every siblings checker"]
 fn no_lost_writes_fails_when_an_acknowledged_delete_is_lost() {
     let history = [
         write("a", sv(1, 1)),
@@ -474,7 +472,7 @@ fn quorum_overlap_fails_when_the_read_misses_only_the_newest_write_of_a_coordina
 fn quorum_overlap_fails_for_a_stale_lww_read() {
     let history = [
         at(write("a", lv(100, 1)), 0, 10),
-        at(read(&["old"], hlc_ctx(50)), 20, 30),
+        at(read(&["old"], hlc_ctx(50, 1)), 20, 30),
     ];
     expect_err(quorum_overlap(&history), "missed write");
 }
@@ -489,23 +487,20 @@ fn quorum_overlap_holds_when_the_read_covers_the_write_or_a_later_one() {
     assert_eq!(quorum_overlap(&history), Ok(()));
     let lww = [
         at(write("l", lv(100, 1)), 0, 10),
-        at(read(&["l"], hlc_ctx(100)), 20, 30),
-        at(read(&["m"], hlc_ctx(200)), 20, 30),
+        at(read(&["l"], hlc_ctx(100, 1)), 20, 30),
+        at(read(&["m"], hlc_ctx(200, 3)), 20, 30),
     ];
     assert_eq!(quorum_overlap(&lww), Ok(()));
 }
 
-/// The lww blind spot of `sessions` (below) in `quorum_overlap`: the read
-/// returns the write that lost the timestamp tie, after the winner was
-/// acknowledged at quorum.
+/// `quorum_overlap` in lww mode: the read returns the write that lost the
+/// timestamp tie, after the winner was acknowledged at quorum.
 #[test]
-#[ignore = "bug: checker weakness: a quorum lww read of the tie-losing write at the same \
-            timestamp passes `quorum_overlap`; the context has no node id"]
 fn quorum_overlap_fails_when_an_lww_read_returns_the_tie_losing_write() {
     let history = [
         at(weak(write("old", lv(100, 1))), 0, 5),
         at(write("new", lv(100, 2)), 0, 10),
-        at(read(&["old"], hlc_ctx(100)), 20, 30),
+        at(read(&["old"], hlc_ctx(100, 1)), 20, 30),
     ];
     expect_err(quorum_overlap(&history), "missed write");
 }
@@ -566,7 +561,7 @@ fn sessions_fails_when_a_read_with_a_token_returns_older_data() {
 
 #[test]
 fn sessions_fails_when_an_lww_read_with_a_token_returns_an_older_timestamp() {
-    let history = [session(weak(read(&["old"], hlc_ctx(99))), lv(100, 2))];
+    let history = [session(weak(read(&["old"], hlc_ctx(99, 3))), lv(100, 2))];
     expect_err(sessions(&history), "returned older data");
 }
 
@@ -576,8 +571,8 @@ fn sessions_holds_when_the_read_sees_the_write_or_a_later_one_at_any_level() {
         session(weak(read(&["mine"], ctx(&[(1, 3)]))), sv(1, 3)),
         session(weak(read(&["later"], ctx(&[(1, 5), (2, 1)]))), sv(1, 3)),
         session(read(&["mine"], ctx(&[(1, 3)])), sv(1, 3)),
-        session(weak(read(&["mine"], hlc_ctx(100))), lv(100, 2)),
-        session(weak(read(&["later"], hlc_ctx(101))), lv(100, 2)),
+        session(weak(read(&["mine"], hlc_ctx(100, 2))), lv(100, 2)),
+        session(weak(read(&["later"], hlc_ctx(101, 1))), lv(100, 2)),
     ];
     assert_eq!(sessions(&history), Ok(()));
 }
@@ -591,24 +586,19 @@ fn sessions_ignores_reads_without_a_token_and_refused_reads() {
     assert_eq!(sessions(&history), Ok(()));
 }
 
-/// The lww context a reader gets is the timestamp only, without the
-/// coordinator id that breaks ties. Two coordinators can issue the same
-/// timestamp; the write by the higher id wins. A read that returns the
-/// losing (older) write after the client wrote the winning one passes the
-/// checker, since `covers` compares `context.hlc >= timestamp` only. The
-/// engine's own session check (`Object::covers`) compares (timestamp,
-/// node), so the engine is right; the checker is blind here. The same
-/// blind spot is in `quorum_overlap` for lww.
+/// Two coordinators can issue the same timestamp; the write by the higher
+/// id wins. A read that returns the losing (older) write after the client
+/// wrote the winning one must fail. (This was a blind spot while the lww
+/// context carried the timestamp only; it now carries the coordinator id
+/// too and the checkers compare (timestamp, node).)
 #[test]
-#[ignore = "bug: checker weakness: an lww read at the session write's timestamp but from a \
-            lower coordinator id (an older write) passes `sessions`; the context has no node id"]
 fn sessions_fails_when_an_lww_read_returns_the_tie_losing_write() {
     let history = [
         weak(write("old", lv(100, 1))),
         weak(write("mine", lv(100, 2))),
         // Client 1's own write was "mine" at (100, n2); the read returns
         // "old", written at (100, n1), which "mine" beats.
-        session(weak(read(&["old"], hlc_ctx(100))), lv(100, 2)),
+        session(weak(read(&["old"], hlc_ctx(100, 1))), lv(100, 2)),
     ];
     expect_err(sessions(&history), "returned older data");
 }
@@ -767,16 +757,11 @@ fn lww_winner_holds_for_a_delete_that_won() {
     assert_eq!(lww_winner(&history, &state), Ok(()));
 }
 
-/// A register holding a value at a version no write in the history has
-/// (not even a timed-out one) passes as long as it is not older than any
-/// acknowledged write: the checker never asks that the final value was
-/// written by someone. Timed-out writes carry no version in the workload
-/// (`Unknown { version: None }`), so a check would have to compare values
-/// instead: the final value must be the value of some write that may have
-/// been applied (or a tombstone from some delete).
+/// A register value no write made (a ghost) must fail `lww_winner`. (This
+/// was a blind spot; the checker now asks that the final version is some
+/// write's, or, for timed-out writes whose version is unknown, that the
+/// value is one a write that may have been applied wrote.)
 #[test]
-#[ignore = "bug: checker weakness: lww_winner accepts a final value that no write in the \
-            history wrote, at a version nobody issued"]
 fn lww_winner_fails_when_the_register_holds_a_value_nobody_wrote() {
     let history = [write("a", lv(100, 1))];
     let state = everywhere(register(Some("ghost"), 500, 3), &[1, 2, 3]);
@@ -811,7 +796,7 @@ fn check_runs_convergence_and_overlap_in_both_modes() {
     }
     let stale = [
         at(write("a", lv(100, 1)), 0, 10),
-        at(read(&[], hlc_ctx(0)), 20, 30),
+        at(read(&[], hlc_ctx(0, 0)), 20, 30),
     ];
     let state = everywhere(register(Some("a"), 100, 1), &[1, 2, 3]);
     assert!(check(&stale, &state, Conflict::Lww)
