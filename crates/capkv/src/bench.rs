@@ -3,12 +3,20 @@
 //! successful requests go into HDR histograms (one per operation kind),
 //! errors are counted by their stable code.
 //!
+//! `--workload ap-write|ap-read` measures an ap bucket at the level given by
+//! `--consistency`; `--compare` runs cp writes and reads and ap writes and
+//! reads at one, quorum and all back to back against the same cluster and
+//! prints one table (throughput, p50, p99 per row).
+//!
 //! Bounded: no request starts after the deadline, each request has the
 //! client's timeout, and the whole run is abandoned if tasks are still busy
 //! a grace period after the deadline.
 
 use crate::client_commands::{ConsistencyArg, ModeArg, EXIT_BAD_ARGUMENTS, EXIT_SERVER_ERROR};
-use capkv_client::{BucketSpec, Client, ClientError, GetOptions, PutOptions};
+use capkv_client::{
+    ApReadOptions, ApWriteOptions, BucketMode, BucketSpec, Client, ClientError, ConflictMode,
+    Consistency, GetOptions, PutOptions,
+};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -37,6 +45,11 @@ pub enum Workload {
     Read,
     /// Half reads, half writes.
     Mixed,
+    /// Only writes to an ap bucket, at `--consistency` (one, quorum, all).
+    ApWrite,
+    /// Only reads of an ap bucket, at `--consistency` (local, one, quorum,
+    /// all); keys are written once before the timed run.
+    ApRead,
 }
 
 /// Arguments of `capkv bench`.
@@ -77,6 +90,13 @@ pub struct BenchArgs {
     /// Client-side timeout of one request, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub request_timeout_ms: u64,
+    /// Run the comparison instead of one workload: cp writes and
+    /// linearizable reads, then ap writes and reads at one, quorum and all,
+    /// each for --duration, on buckets BUCKET-cp and BUCKET-ap (created as
+    /// needed; the ap one with lww so blind writes do not pile up
+    /// siblings).
+    #[arg(long)]
+    pub compare: bool,
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
@@ -112,7 +132,13 @@ impl Workload {
             Workload::Write => "write",
             Workload::Read => "read",
             Workload::Mixed => "mixed (50% reads)",
+            Workload::ApWrite => "ap write",
+            Workload::ApRead => "ap read",
         }
+    }
+
+    fn is_ap(self) -> bool {
+        matches!(self, Workload::ApWrite | Workload::ApRead)
     }
 }
 
@@ -226,7 +252,15 @@ struct Plan {
     value: Vec<u8>,
     get_options: GetOptions,
     put_options: PutOptions,
+    ap_read_options: ApReadOptions,
+    ap_write_options: ApWriteOptions,
     deadline: Instant,
+}
+
+/// One run of the comparison: a workload at a level.
+struct Step {
+    workload: Workload,
+    consistency: Option<ConsistencyArg>,
 }
 
 /// Runs `capkv bench` and returns the exit code.
@@ -267,7 +301,32 @@ fn check_args(args: &BenchArgs) -> Result<(), String> {
     if args.request_timeout_ms == 0 {
         return Err("--request-timeout-ms must be at least 1".into());
     }
-    Ok(())
+    if args.compare {
+        return Ok(());
+    }
+    check_level(args.workload, args.consistency)
+}
+
+/// ap workloads take ap levels (writes: one, quorum, all; reads: local too);
+/// cp workloads take cp read levels.
+fn check_level(workload: Workload, consistency: Option<ConsistencyArg>) -> Result<(), String> {
+    let Some(level) = consistency else {
+        return Ok(());
+    };
+    match workload {
+        Workload::ApWrite if !level.applies_to_writes() => {
+            Err("--workload ap-write takes --consistency one, quorum or all".into())
+        }
+        Workload::ApRead if !level.is_ap() => {
+            Err("--workload ap-read takes --consistency local, one, quorum or all".into())
+        }
+        Workload::Write | Workload::Read | Workload::Mixed if level.is_ap() => Err(format!(
+            "{} is an ap level: use --workload ap-write or ap-read (cp workloads take \
+             linearizable or stale)",
+            level.to_client().as_str()
+        )),
+        _ => Ok(()),
+    }
 }
 
 async fn bench(args: BenchArgs) -> Result<u8, ClientError> {
@@ -278,32 +337,167 @@ async fn bench(args: BenchArgs) -> Result<u8, ClientError> {
         .iter()
         .map(|endpoint| template.at(endpoint))
         .collect::<Result<_, _>>()?;
-    if let Some(mode) = args.create_bucket {
-        let created = template
-            .create_bucket(&args.bucket, &BucketSpec::new(mode.to_client()))
-            .await?;
-        println!(
-            "bucket {} ({}) {}",
-            created.bucket,
-            created.mode,
-            if created.created { "created" } else { "exists" }
-        );
+    if args.compare {
+        return compare(&template, &clients, &args).await;
     }
-    let consistency = args.consistency;
+    if let Some(mode) = args.create_bucket {
+        create_bucket(&template, &args.bucket, mode.to_client()).await?;
+    }
+    let summary = run_workload(
+        &clients,
+        &args,
+        &args.bucket,
+        args.workload,
+        args.consistency,
+    )
+    .await?;
+    print!("{}", format_report(&summary));
+    Ok(0)
+}
+
+/// Creates a bench bucket (an ap one with lww: blind writes in siblings
+/// mode would pile up siblings until the object is too large).
+async fn create_bucket(client: &Client, bucket: &str, mode: BucketMode) -> Result<(), ClientError> {
+    let spec = match mode {
+        BucketMode::Cp => BucketSpec::new(BucketMode::Cp),
+        BucketMode::Ap => BucketSpec {
+            conflict: Some(ConflictMode::Lww),
+            ..BucketSpec::new(BucketMode::Ap)
+        },
+    };
+    let created = client.create_bucket(bucket, &spec).await?;
+    println!(
+        "bucket {} ({}{}) {}",
+        created.bucket,
+        created.mode,
+        created
+            .conflict
+            .map_or(String::new(), |conflict| format!(", {conflict}")),
+        if created.created { "created" } else { "exists" }
+    );
+    Ok(())
+}
+
+/// The comparison: every step for `--duration` against the same cluster,
+/// then one table.
+async fn compare(
+    template: &Client,
+    clients: &[Client],
+    args: &BenchArgs,
+) -> Result<u8, ClientError> {
+    let cp_bucket = format!("{}-cp", args.bucket);
+    let ap_bucket = format!("{}-ap", args.bucket);
+    create_bucket(template, &cp_bucket, BucketMode::Cp).await?;
+    create_bucket(template, &ap_bucket, BucketMode::Ap).await?;
+    let mut steps = vec![
+        Step {
+            workload: Workload::Write,
+            consistency: None,
+        },
+        Step {
+            workload: Workload::Read,
+            consistency: Some(ConsistencyArg::Linearizable),
+        },
+    ];
+    for workload in [Workload::ApWrite, Workload::ApRead] {
+        for level in [
+            ConsistencyArg::One,
+            ConsistencyArg::Quorum,
+            ConsistencyArg::All,
+        ] {
+            steps.push(Step {
+                workload,
+                consistency: Some(level),
+            });
+        }
+    }
+    let mut rows = vec![["workload", "level", "ops/s", "p50 ms", "p99 ms", "errors"]
+        .map(String::from)
+        .to_vec()];
+    for step in &steps {
+        let bucket = if step.workload.is_ap() {
+            &ap_bucket
+        } else {
+            &cp_bucket
+        };
+        let summary = run_workload(clients, args, bucket, step.workload, step.consistency).await?;
+        print!("{}", format_report(&summary));
+        rows.push(comparison_row(step, &summary));
+    }
+    println!(
+        "\ncomparison: {} clients, {}-byte values, {} keys, {:.1} s per row, against {}",
+        args.clients,
+        args.value_bytes,
+        args.keys,
+        args.duration.as_secs_f64(),
+        args.endpoints.join(", ")
+    );
+    print!("{}", crate::client_commands::format_table(&rows));
+    Ok(0)
+}
+
+fn comparison_row(step: &Step, summary: &Summary) -> Vec<String> {
+    let histogram = summary
+        .latencies
+        .values()
+        .find(|histogram| !histogram.is_empty());
+    let percentile = |quantile: f64| {
+        histogram.map_or("-".to_string(), |histogram| {
+            format_ms(histogram.value_at_quantile(quantile))
+        })
+    };
+    let (workload, default_level) = match step.workload {
+        Workload::Write => ("cp write", "linearizable"),
+        Workload::Read => ("cp read", "linearizable"),
+        Workload::Mixed => ("cp mixed", "linearizable"),
+        Workload::ApWrite => ("ap write", "quorum"),
+        Workload::ApRead => ("ap read", "quorum"),
+    };
+    let level = step
+        .consistency
+        .map_or(default_level, |level| level.to_client().as_str());
+    let seconds = summary.elapsed.as_secs_f64().max(f64::EPSILON);
+    vec![
+        workload.to_string(),
+        level.to_string(),
+        format!("{:.1}", summary.successful_ops() as f64 / seconds),
+        percentile(0.5),
+        percentile(0.99),
+        summary.errors.values().sum::<u64>().to_string(),
+    ]
+}
+
+/// One timed run of `workload` at `consistency` on `bucket`.
+async fn run_workload(
+    clients: &[Client],
+    args: &BenchArgs,
+    bucket: &str,
+    workload: Workload,
+    consistency: Option<ConsistencyArg>,
+) -> Result<Summary, ClientError> {
     let write_consistency = consistency.filter(|level| level.applies_to_writes());
     let value = bench_value(args.value_bytes);
-    if args.workload != Workload::Write {
+    if matches!(
+        workload,
+        Workload::Read | Workload::Mixed | Workload::ApRead
+    ) {
         prepopulate(
-            &clients,
-            &args,
+            clients,
+            args,
+            bucket,
+            workload.is_ap(),
             &value,
             write_consistency.map(ConsistencyArg::to_client),
         )
         .await?;
     }
     println!(
-        "bench: {} workload, {} clients, {} keys, {}-byte values, {:.1} s, against {}",
-        args.workload.name(),
+        "bench: {} workload{}, {} clients, {} keys, {}-byte values, {:.1} s, against {}",
+        workload.name(),
+        consistency.map_or(String::new(), |level| format!(
+            " at {}",
+            level.to_client().as_str()
+        )),
         args.clients,
         args.keys,
         args.value_bytes,
@@ -312,8 +506,8 @@ async fn bench(args: BenchArgs) -> Result<u8, ClientError> {
     );
     let started = Instant::now();
     let plan = Arc::new(Plan {
-        bucket: args.bucket.clone(),
-        workload: args.workload,
+        bucket: bucket.to_string(),
+        workload,
         keys: args.keys,
         value,
         get_options: GetOptions {
@@ -323,6 +517,14 @@ async fn bench(args: BenchArgs) -> Result<u8, ClientError> {
         put_options: PutOptions {
             consistency: write_consistency.map(ConsistencyArg::to_client),
             ..PutOptions::default()
+        },
+        ap_read_options: ApReadOptions {
+            consistency: consistency.map(ConsistencyArg::to_client),
+            ..ApReadOptions::default()
+        },
+        ap_write_options: ApWriteOptions {
+            consistency: write_consistency.map(ConsistencyArg::to_client),
+            ..ApWriteOptions::default()
         },
         deadline: started + args.duration,
     });
@@ -370,8 +572,7 @@ async fn bench(args: BenchArgs) -> Result<u8, ClientError> {
     summary.elapsed = started.elapsed();
     reporter.abort();
     stopper.abort();
-    print!("{}", format_report(&summary));
-    Ok(0)
+    Ok(summary)
 }
 
 fn merge(summary: &mut Summary, result: TaskResult) {
@@ -401,18 +602,31 @@ async fn client_loop(
     while Instant::now() < plan.deadline && !progress.stop.load(Ordering::Relaxed) {
         let key = format!("key-{}", rng.range(0, plan.keys));
         let operation = match plan.workload {
-            Workload::Write => Operation::Write,
-            Workload::Read => Operation::Read,
+            Workload::Write | Workload::ApWrite => Operation::Write,
+            Workload::Read | Workload::ApRead => Operation::Read,
             Workload::Mixed if rng.chance(0.5) => Operation::Read,
             Workload::Mixed => Operation::Write,
         };
         let sent = Instant::now();
-        let outcome = match operation {
-            Operation::Read => client
+        let outcome = match (operation, plan.workload.is_ap()) {
+            (Operation::Read, true) => client
+                .ap_get(&plan.bucket, &key, &plan.ap_read_options)
+                .await
+                .map(|_| ()),
+            (Operation::Write, true) => client
+                .ap_put(
+                    &plan.bucket,
+                    &key,
+                    plan.value.clone(),
+                    &plan.ap_write_options,
+                )
+                .await
+                .map(|_| ()),
+            (Operation::Read, false) => client
                 .get(&plan.bucket, &key, &plan.get_options)
                 .await
                 .map(|_| ()),
-            Operation::Write => client
+            (Operation::Write, false) => client
                 .put(&plan.bucket, &key, plan.value.clone(), &plan.put_options)
                 .await
                 .map(|_| ()),
@@ -474,8 +688,10 @@ async fn stop_on_ctrl_c(progress: Arc<Progress>) {
 async fn prepopulate(
     clients: &[Client],
     args: &BenchArgs,
+    bucket: &str,
+    ap: bool,
     value: &[u8],
-    consistency: Option<capkv_client::Consistency>,
+    consistency: Option<Consistency>,
 ) -> Result<(), ClientError> {
     let started = Instant::now();
     let workers = u64::from(args.clients).min(args.keys);
@@ -483,22 +699,27 @@ async fn prepopulate(
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..workers {
         let client = clients[worker as usize % clients.len()].clone();
-        let (bucket, value, keys) = (args.bucket.clone(), value.to_vec(), args.keys);
+        let (bucket, value, keys) = (bucket.to_string(), value.to_vec(), args.keys);
         let options = PutOptions {
-            consistency,
+            consistency: consistency.filter(|_| !ap),
             ..PutOptions::default()
+        };
+        let ap_options = ApWriteOptions {
+            // Every replica holds every key before reads at any level.
+            consistency: Some(Consistency::All),
+            ..ApWriteOptions::default()
         };
         tasks.spawn(async move {
             let mut key_index = worker;
             while key_index < keys {
-                client
-                    .put(
-                        &bucket,
-                        &format!("key-{key_index}"),
-                        value.clone(),
-                        &options,
-                    )
-                    .await?;
+                let key = format!("key-{key_index}");
+                if ap {
+                    client
+                        .ap_put(&bucket, &key, value.clone(), &ap_options)
+                        .await?;
+                } else {
+                    client.put(&bucket, &key, value.clone(), &options).await?;
+                }
                 key_index += workers;
             }
             Ok::<(), ClientError>(())
@@ -594,6 +815,39 @@ mod tests {
         // HDR rounds to its 3-significant-digit buckets: 5 ms, 9.9 ms, 9.99 ms, 10 ms.
         assert_eq!(lines[4], "write       1000   5.003  9.903  9.991  10.007");
         assert_eq!(lines.len(), 5, "an empty histogram gets no row:\n{report}");
+    }
+
+    #[test]
+    fn ap_workloads_take_ap_levels() {
+        assert!(check_level(Workload::ApWrite, Some(ConsistencyArg::All)).is_ok());
+        assert!(check_level(Workload::ApWrite, Some(ConsistencyArg::Local)).is_err());
+        assert!(check_level(Workload::ApWrite, Some(ConsistencyArg::Stale)).is_err());
+        assert!(check_level(Workload::ApRead, Some(ConsistencyArg::Local)).is_ok());
+        assert!(check_level(Workload::ApRead, Some(ConsistencyArg::Linearizable)).is_err());
+        assert!(check_level(Workload::Read, Some(ConsistencyArg::Local)).is_err());
+        assert!(check_level(Workload::Read, Some(ConsistencyArg::Stale)).is_ok());
+        assert!(check_level(Workload::Write, Some(ConsistencyArg::Quorum)).is_err());
+    }
+
+    #[test]
+    fn comparison_rows_name_the_workload_and_level() {
+        let mut writes = new_histogram();
+        for micros in [1_000u64, 2_000, 3_000] {
+            writes.record(micros).unwrap();
+        }
+        let summary = Summary {
+            elapsed: Duration::from_secs(1),
+            latencies: BTreeMap::from([(Operation::Write, writes)]),
+            errors: BTreeMap::from([("no_quorum".to_string(), 2)]),
+        };
+        let step = Step {
+            workload: Workload::ApWrite,
+            consistency: Some(ConsistencyArg::All),
+        };
+        assert_eq!(
+            comparison_row(&step, &summary),
+            ["ap write", "all", "3.0", "2.000", "3.001", "2"]
+        );
     }
 
     #[test]

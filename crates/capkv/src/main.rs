@@ -275,5 +275,7 @@ mod tests {
         assert_eq!(bench.endpoints.len(), 2);
         assert_eq!(bench.duration, std::time::Duration::from_millis(500));
         assert!(parse(&["bench", "--duration", "10 parsecs"]).is_err());
+        assert!(parse(&["bench", "--workload", "ap-write", "--consistency", "all"]).is_ok());
+        assert!(parse(&["bench", "--compare", "--duration", "3s", "--clients", "16"]).is_ok());
     }
 }
