@@ -195,6 +195,43 @@ impl Cluster {
         .await
     }
 
+    /// Creates an ap bucket (3 replicas, quorum levels) with `conflict`
+    /// (`siblings` or `lww`).
+    pub async fn create_ap_bucket(&self, id: u64, bucket: &str, conflict: &str) -> (u16, Value) {
+        let body = format!(
+            r#"{{"mode":"ap","replicas":3,"conflict":"{conflict}","read":"quorum","write":"quorum"}}"#
+        );
+        self.request(
+            self.client
+                .put(self.url(id, &format!("/v1/buckets/{bucket}")))
+                .body(body),
+        )
+        .await
+    }
+
+    /// One sample of node `id`'s `/metrics` (the line `name{...} value`),
+    /// if the node answers and has it.
+    pub async fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(self.url(id, "/metrics"))
+            .timeout(Duration::from_millis(1_000))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    }
+
     pub async fn admin(&self, id: u64, path: &str, body: &str) -> (u16, Value) {
         self.request(
             self.client
