@@ -389,13 +389,21 @@ fn ap_bucket_spec(spec: &BucketBody, members: usize) -> Result<BucketSpec, ApiEr
 /// The bucket's settings as this node knows them. A bucket this node has
 /// not applied yet (created a moment ago through another node) gets a short
 /// wait; `None` after it means the node does not know the bucket.
-async fn bucket_spec(state: &AppState, bucket: &str) -> Option<BucketSpec> {
+async fn bucket_spec(
+    state: &AppState,
+    bucket: &str,
+    timeout_ms: Option<u64>,
+) -> Option<BucketSpec> {
     if let Some(spec) = state.status.borrow().buckets.get(bucket) {
         return Some(spec.clone());
     }
+    // At most a quarter of the request's deadline, so the request itself
+    // still answers within it.
+    let deadline_ms = timeout_ms.unwrap_or(state.config.request_timeout_ms);
+    let wait = BUCKET_WAIT.min(Duration::from_millis(deadline_ms / 4));
     let mut status = state.status.clone();
     let waited = tokio::time::timeout(
-        BUCKET_WAIT,
+        wait,
         status.wait_for(|status| status.buckets.contains_key(bucket)),
     )
     .await;
@@ -511,7 +519,7 @@ async fn get_key(
     let result = async {
         let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
         let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-        if let Some(spec) = ap_spec_of(&state, &bucket).await {
+        if let Some(spec) = ap_spec_of(&state, &bucket, query.timeout_ms).await {
             return ap_get(&state, bucket, key, &query, &headers, &spec).await;
         }
         refuse_ap_parameters(&query, &headers)?;
@@ -554,8 +562,8 @@ fn insert_value(body: &mut Map<String, Value>, value: Vec<u8>) {
 
 /// The bucket's ap settings, or `None` for a cp bucket or one this node
 /// does not know (the cp path answers those).
-async fn ap_spec_of(state: &AppState, bucket: &str) -> Option<ApSpec> {
-    bucket_spec(state, bucket)
+async fn ap_spec_of(state: &AppState, bucket: &str, timeout_ms: Option<u64>) -> Option<ApSpec> {
+    bucket_spec(state, bucket, timeout_ms)
         .await
         .and_then(|spec| spec.ap_spec())
 }
@@ -638,7 +646,7 @@ async fn put_key(
     let result = async {
         let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
         let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-        if let Some(spec) = ap_spec_of(&state, &bucket).await {
+        if let Some(spec) = ap_spec_of(&state, &bucket, query.timeout_ms).await {
             let value = read_body(body, VALUE_BYTES_MAX).await?.to_vec();
             return ap_write(&state, bucket, key, Some(value), &query, &headers, &spec).await;
         }
@@ -673,7 +681,7 @@ async fn delete_key(
     let result = async {
         let Path((bucket, key)) = path.map_err(|e| ApiError::invalid(e.body_text()))?;
         let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-        if let Some(spec) = ap_spec_of(&state, &bucket).await {
+        if let Some(spec) = ap_spec_of(&state, &bucket, query.timeout_ms).await {
             return ap_write(&state, bucket, key, None, &query, &headers, &spec).await;
         }
         refuse_ap_parameters(&query, &headers)?;
@@ -771,7 +779,10 @@ async fn repair(
             })?
         };
         if let Some(bucket) = &repair.bucket {
-            if bucket_spec(&state, bucket).await.is_none() {
+            if bucket_spec(&state, bucket, query.timeout_ms)
+                .await
+                .is_none()
+            {
                 return Err(request_error(RequestError::BucketNotFound));
             }
         }
