@@ -40,11 +40,13 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: BucketCommand,
     },
-    /// Write a value.
+    /// Write a value (ap buckets: prints the context and the session token).
     Put(PutArgs),
-    /// Read a value (prints the value alone; --json adds the version).
+    /// Read a value (cp: the value alone, --json adds the version; ap: every
+    /// sibling and the context).
     Get(GetArgs),
-    /// Delete a key.
+    /// Delete a key (ap buckets: writes a tombstone; prints the context and
+    /// the session token).
     Delete(DeleteArgs),
     /// Start Merkle anti-entropy exchanges now for one ap bucket, or all of
     /// them (they finish in the background).
