@@ -417,6 +417,8 @@ pub struct Dynamo {
     coordinated: BTreeMap<NodeId, SeenIds>,
     next_exchange_target: usize,
     now_ms: u64,
+    /// The first tick's time.
+    started_ms: Option<u64>,
     last_ping_ms: u64,
     last_hint_round_ms: u64,
     last_ae_ms: u64,
@@ -572,6 +574,7 @@ impl Dynamo {
             coordinated: BTreeMap::new(),
             next_exchange_target: 0,
             now_ms: 0,
+            started_ms: None,
             last_ping_ms: 0,
             last_hint_round_ms: 0,
             last_ae_ms: 0,
@@ -671,6 +674,7 @@ impl Dynamo {
     /// The node's physical time moved on.
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.started_ms.get_or_insert(now_ms);
         let now = self.now_ms;
         if self.buckets.is_empty() && self.hints.is_empty() {
             // A cluster without ap buckets pays nothing for them.
@@ -1015,7 +1019,7 @@ impl Dynamo {
         let down: Vec<NodeId> = replicas
             .iter()
             .copied()
-            .filter(|node| !self.is_up(*node))
+            .filter(|node| self.is_known_down(*node))
             .collect();
         for replica in down {
             self.store_hint(replica, &bucket, &key, &object, origin_ms);
@@ -1087,6 +1091,21 @@ impl Dynamo {
             return;
         }
         op.digests.insert(from, digest);
+        // A hint made at once for a replica thought down is moot now that
+        // it has the write (unless the hint has since taken more writes).
+        let hint_key = (from, op.bucket.clone(), op.key.clone());
+        let sent = op.object.digest();
+        if self
+            .hints
+            .get(&hint_key)
+            .is_some_and(|hint| hint.object.digest() == sent)
+        {
+            self.hints.remove(&hint_key);
+            self.batch.delete(
+                HINTS,
+                hint_storage_key(hint_key.0, &hint_key.1, &hint_key.2),
+            );
+        }
         self.progress_write(req);
     }
 
@@ -1759,6 +1778,16 @@ impl Dynamo {
             .copied()
             .filter(|node| *node != self.config.id)
             .collect()
+    }
+
+    /// Down for long enough to be sure: not heard from within the window,
+    /// and this node has run for a whole window (so a peer that simply has
+    /// not pinged a freshly started node yet does not count).
+    fn is_known_down(&self, node: NodeId) -> bool {
+        !self.is_up(node)
+            && self
+                .started_ms
+                .is_some_and(|started| started + self.config.peer_down_after_ms <= self.now_ms)
     }
 
     fn is_up(&self, node: NodeId) -> bool {

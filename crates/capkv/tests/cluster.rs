@@ -235,8 +235,9 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         )
         .await;
     assert_eq!(
-        conflict.0, 400,
-        "ap is refused until issue 4: {}",
+        (conflict.0, conflict.1["error"].as_str()),
+        (409, Some("bucket_conflict")),
+        "a bucket keeps its mode: {}",
         conflict.1
     );
 
