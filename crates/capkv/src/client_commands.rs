@@ -595,18 +595,33 @@ pub fn check_write_level(consistency: Option<ConsistencyArg>) -> Result<(), Stri
     }
 }
 
-/// True when the bucket is an ap bucket, as the node lists it. An unknown
-/// bucket counts as cp, whose answer (`bucket_not_found`) says so.
+/// How long the CLI waits before asking a node again about a bucket it
+/// does not list (one created a moment ago through another node).
+const BUCKET_RELIST_WAIT: Duration = Duration::from_millis(300);
+
+/// True when the bucket is an ap bucket, as the node lists it. A bucket the
+/// node does not list is asked about once more after a short wait, then
+/// counts as cp, whose answer (`bucket_not_found`) says so.
 async fn is_ap(client: &Client, bucket: &str, flavor: Flavor) -> Result<bool, ClientError> {
     match flavor {
-        Flavor::Cp => Ok(false),
-        Flavor::Ap => Ok(true),
-        Flavor::Ask => Ok(client
+        Flavor::Cp => return Ok(false),
+        Flavor::Ap => return Ok(true),
+        Flavor::Ask => {}
+    }
+    for attempt in 0..2 {
+        if attempt > 0 {
+            tokio::time::sleep(BUCKET_RELIST_WAIT).await;
+        }
+        if let Some(info) = client
             .list_buckets()
             .await?
-            .iter()
-            .any(|info| info.name == bucket && info.mode == "ap")),
+            .into_iter()
+            .find(|info| info.name == bucket)
+        {
+            return Ok(info.mode == "ap");
+        }
     }
+    Ok(false)
 }
 
 async fn put(args: PutArgs) -> CommandResult {
