@@ -854,10 +854,20 @@ fn ap_error(error: ApError, write: bool) -> ApiError {
         ApError::BadToken { what, .. } => {
             ApiError::invalid(message).with("parameter", Value::from(what))
         }
-        ApError::NotAReplica { replicas, .. } => {
+        ApError::NotAReplica { node, replicas } => {
             let ids: Vec<u64> = replicas.iter().map(|id| id.0).collect();
-            ApiError::new(StatusCode::BAD_REQUEST, "not_a_replica", message)
-                .with("replicas", Value::from(ids))
+            let names: Vec<String> = ids.iter().map(|id| format!("n{id}")).collect();
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not_a_replica",
+                format!(
+                    "node n{} holds no replica of this key, so it cannot read it at local; \
+                     its replicas are {}",
+                    node.0,
+                    names.join(", ")
+                ),
+            )
+            .with("replicas", Value::from(ids))
         }
         ApError::Busy(reason) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", reason)

@@ -308,6 +308,25 @@ async fn ap_buckets_serve_siblings_contexts_sessions_and_stable_errors() {
         "{status_body}"
     );
 
+    // With N=1, two of the three nodes hold no copy: `local` there is
+    // refused with the key's replicas.
+    let (status, body, _) = cluster
+        .put(1, "/v1/buckets/single", r#"{"mode":"ap","replicas":1}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut refusals = 0;
+    for id in 1..=3 {
+        let (status, body) = cluster.get(id, "/v1/kv/single/k?consistency=local").await;
+        if status == 400 {
+            assert_eq!(body["error"], "not_a_replica", "{body}");
+            assert_eq!(body["replicas"].as_array().unwrap().len(), 1);
+            refusals += 1;
+        } else {
+            assert_eq!(status, 404, "{body}");
+        }
+    }
+    assert_eq!(refusals, 2);
+
     shutdown_tx.send_replace(true);
     for handle in handles {
         tokio::time::timeout(Duration::from_secs(10), handle)
