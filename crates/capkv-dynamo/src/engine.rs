@@ -129,6 +129,9 @@ pub struct DynamoConfig {
     pub max_drift_ms: u64,
     /// Most coordinated requests in flight.
     pub requests_max: usize,
+    /// Most confirmed tombstones waiting out their grace; more stay
+    /// (harmlessly) until a later read or write confirms them again.
+    pub reaps_max: usize,
     /// Most siblings a write may leave on a key.
     pub siblings_max: usize,
     /// Most encoded bytes of one key's object (under the transport's frame
@@ -160,6 +163,7 @@ impl DynamoConfig {
             tombstone_grace_ms: 7 * 3_600_000,
             max_drift_ms: 500,
             requests_max: 10_000,
+            reaps_max: 100_000,
             siblings_max: 64,
             object_bytes_max: 8 << 20,
             bugs: DynamoBugs::default(),
@@ -1569,7 +1573,7 @@ impl Dynamo {
             .get(&bucket)
             .and_then(|keys| keys.get(&key))
             .is_some_and(|(object, current)| *current == digest && object.is_tombstone());
-        if !holds_it || self.reap_queue.len() >= self.config.hints_max {
+        if !holds_it || self.reap_queue.len() >= self.config.reaps_max {
             return;
         }
         let due = self.now_ms + self.config.tombstone_grace_ms;
