@@ -118,6 +118,46 @@ struct Scheduled {
     slot: usize,
 }
 
+/// The pending events, earliest first (ties in the order they were
+/// scheduled). Most pending events are client deadlines, all set the same
+/// time ahead and so due in the order they were set: they wait in a FIFO
+/// beside the heap, which keeps the heap a few dozen entries deep.
+#[derive(Default)]
+struct EventQueue {
+    heap: BinaryHeap<Reverse<Scheduled>>,
+    /// Entries in increasing order.
+    in_order: VecDeque<Scheduled>,
+}
+
+impl EventQueue {
+    fn push(&mut self, entry: Scheduled) {
+        self.heap.push(Reverse(entry));
+    }
+
+    /// Like `push`, for an entry that is probably due after every entry
+    /// pushed this way so far.
+    fn push_probably_in_order(&mut self, entry: Scheduled) {
+        if self.in_order.back().is_some_and(|last| *last > entry) {
+            self.heap.push(Reverse(entry));
+        } else {
+            self.in_order.push_back(entry);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Scheduled> {
+        let from_fifo = match (self.heap.peek(), self.in_order.front()) {
+            (Some(Reverse(first)), Some(fifo_first)) => fifo_first < first,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if from_fifo {
+            self.in_order.pop_front()
+        } else {
+            self.heap.pop().map(|Reverse(entry)| entry)
+        }
+    }
+}
+
 /// An input waiting for a node that is busy (its turn's fsync is in flight)
 /// or paused.
 #[derive(Debug)]
@@ -201,7 +241,7 @@ impl SimReport {
 pub struct Simulation {
     config: SimConfig,
     now: Micros,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue,
     /// Actions by slot; `None` once taken. Freed slots are reused.
     actions: Vec<Option<Action>>,
     free_slots: Vec<usize>,
@@ -282,7 +322,7 @@ impl Simulation {
             .collect();
         let mut sim = Simulation {
             now: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             actions: Vec::new(),
             free_slots: Vec::new(),
             seq: 0,
@@ -324,6 +364,19 @@ impl Simulation {
     }
 
     fn schedule(&mut self, delay: Micros, action: Action) {
+        let entry = self.entry(delay, action);
+        self.queue.push(entry);
+    }
+
+    /// Schedules a client's deadline: every client waits the same time, so
+    /// deadlines fall due in the order they are set.
+    fn schedule_deadline(&mut self, delay: Micros, action: Action) {
+        let entry = self.entry(delay, action);
+        self.queue.push_probably_in_order(entry);
+    }
+
+    /// Stores `action` and returns its queue entry.
+    fn entry(&mut self, delay: Micros, action: Action) -> Scheduled {
         self.seq += 1;
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -335,11 +388,11 @@ impl Simulation {
                 self.actions.len() - 1
             }
         };
-        self.queue.push(Reverse(Scheduled {
+        Scheduled {
             at: self.now + delay,
             seq: self.seq,
             slot,
-        }));
+        }
     }
 
     fn note(&mut self, text: String) {
@@ -360,7 +413,7 @@ impl Simulation {
     /// Runs to the end and checks everything.
     pub fn run(mut self) -> SimReport {
         let end = self.load_end() + self.config.quiet_ms * MS;
-        while let Some(Reverse(next)) = self.queue.pop() {
+        while let Some(next) = self.queue.pop() {
             if next.at > end || self.violation.is_some() {
                 break;
             }
@@ -649,25 +702,28 @@ impl Simulation {
         if self.rng.chance(self.network.loss) {
             return;
         }
-        let copies = if self.rng.chance(self.network.duplicate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut delay = self.rng.range(300, 1_500);
-            if self.rng.chance(self.network.reorder) {
-                delay += self.rng.range(1_000, 30_000);
-            }
+        if self.rng.chance(self.network.duplicate) {
+            let delay = self.delivery_delay();
+            let copy = message.clone();
             self.schedule(
                 delay,
                 Action::Deliver {
                     from,
                     to,
-                    message: message.clone(),
+                    message: copy,
                 },
             );
         }
+        let delay = self.delivery_delay();
+        self.schedule(delay, Action::Deliver { from, to, message });
+    }
+
+    fn delivery_delay(&mut self) -> Micros {
+        let mut delay = self.rng.range(300, 1_500);
+        if self.rng.chance(self.network.reorder) {
+            delay += self.rng.range(1_000, 30_000);
+        }
+        delay
     }
 
     // ----- clients -----
@@ -694,7 +750,7 @@ impl Simulation {
                         request,
                     },
                 );
-                self.schedule(timeout, Action::ClientWake(client));
+                self.schedule_deadline(timeout, Action::ClientWake(client));
             }
         }
         for outcome in self.clients[client].take_outcomes() {
