@@ -141,6 +141,8 @@ pub struct Raft {
     peers: Vec<NodeId>,
     /// Leader: reused by `maybe_commit`.
     matched_scratch: Vec<LogIndex>,
+    /// Leader: reused by `release_confirmed_reads`.
+    rounds_scratch: Vec<u64>,
     /// What was last handed out, to report only changes.
     last_hard_state: HardState,
     last_soft_state: SoftState,
@@ -197,6 +199,7 @@ impl Raft {
                 .filter(|id| *id != config.id)
                 .collect(),
             matched_scratch: Vec::new(),
+            rounds_scratch: Vec::new(),
             last_soft_state: soft,
             config,
         })
@@ -990,14 +993,19 @@ impl Raft {
     }
 
     fn release_confirmed_reads(&mut self) {
-        let mut rounds: Vec<u64> = self
-            .peers
-            .iter()
-            .map(|peer| self.read_round_acked.get(peer).copied().unwrap_or(0))
-            .collect();
+        // Reused between calls, like `matched_scratch`: this runs on every
+        // heartbeat answer that carries a read round.
+        let mut rounds = std::mem::take(&mut self.rounds_scratch);
+        rounds.clear();
+        rounds.extend(
+            self.peers
+                .iter()
+                .map(|peer| self.read_round_acked.get(peer).copied().unwrap_or(0)),
+        );
         rounds.push(self.read_round); // the leader confirms itself
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = rounds[self.quorum() - 1];
+        self.rounds_scratch = rounds;
         while let Some(read) = self.pending_reads.front() {
             if read.round > confirmed {
                 break;
