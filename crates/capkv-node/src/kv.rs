@@ -233,18 +233,18 @@ impl KvState {
                 }
             };
         }
-        let Some((bucket, key)) = command.target() else {
-            return Applied::BucketNotFound;
-        };
-        if !self.image.buckets.contains_key(bucket) {
+        let bucket_exists = command
+            .target()
+            .is_some_and(|(bucket, _)| self.image.buckets.contains_key(bucket));
+        if !bucket_exists {
             return Applied::BucketNotFound;
         }
-        let slot = (bucket.to_string(), key.to_string());
+        // The command's own strings become the entry's key: no copies.
         match command {
             Command::CreateBucket { .. } => Applied::BucketNotFound,
-            Command::Put { value, .. } => {
+            Command::Put { bucket, key, value } => {
                 self.image.entries.insert(
-                    slot,
+                    (bucket, key),
                     Versioned {
                         value,
                         version: index,
@@ -252,12 +252,16 @@ impl KvState {
                 );
                 Applied::Written { version: index }
             }
-            Command::Delete { .. } => Applied::Deleted {
-                existed: self.image.entries.remove(&slot).is_some(),
+            Command::Delete { bucket, key } => Applied::Deleted {
+                existed: self.image.entries.remove(&(bucket, key)).is_some(),
             },
             Command::Cas {
-                expected, value, ..
+                bucket,
+                key,
+                expected,
+                value,
             } => {
+                let slot = (bucket, key);
                 let current = self.image.entries.get(&slot);
                 let matches = match (&expected, current) {
                     (Expected::Version(0), None) => true,

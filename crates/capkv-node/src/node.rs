@@ -701,7 +701,7 @@ impl Node {
 
     fn ready_round(&mut self, out: &mut NodeReady) {
         let group = self.raft.group();
-        let ready = self.raft.ready();
+        let mut ready = self.raft.ready();
         // Step 1: durable state, in one batch.
         if let Some(snapshot) = &ready.snapshot {
             persist::write_snapshot(&mut out.batch, group, snapshot, true);
@@ -718,11 +718,11 @@ impl Node {
             persist::write_hard_state(&mut out.batch, group, hard_state);
         }
         // Step 2: messages (the driver sends them after the sync).
+        // `advance` does not look at the messages: they move out uncopied.
         out.messages.extend(
-            ready
-                .messages
-                .iter()
-                .map(|message| (message.to, PeerMessage::Raft(message.clone()))),
+            std::mem::take(&mut ready.messages)
+                .into_iter()
+                .map(|message| (message.to, PeerMessage::Raft(message))),
         );
         if let Some(soft) = ready.soft_state {
             out.events.push(NodeEvent::RoleChanged {

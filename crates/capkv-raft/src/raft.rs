@@ -137,6 +137,12 @@ pub struct Raft {
     /// Leader: new entries wait to be broadcast at the next `ready`, so that
     /// many proposals in one turn travel in one message per follower.
     broadcast_pending: bool,
+    /// The other voters, in configuration order.
+    peers: Vec<NodeId>,
+    /// Leader: reused by `maybe_commit`.
+    matched_scratch: Vec<LogIndex>,
+    /// Leader: reused by `release_confirmed_reads`.
+    rounds_scratch: Vec<u64>,
     /// What was last handed out, to report only changes.
     last_hard_state: HardState,
     last_soft_state: SoftState,
@@ -186,6 +192,14 @@ impl Raft {
             read_round_acked: BTreeMap::new(),
             transfer_target: None,
             broadcast_pending: false,
+            peers: config
+                .voters
+                .iter()
+                .copied()
+                .filter(|id| *id != config.id)
+                .collect(),
+            matched_scratch: Vec::new(),
+            rounds_scratch: Vec::new(),
             last_soft_state: soft,
             config,
         })
@@ -852,7 +866,8 @@ impl Raft {
             return;
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers() {
+        for peer_index in 0..self.peers.len() {
+            let peer = self.peers[peer_index];
             self.send_with_term(
                 peer,
                 term.next(),
@@ -874,7 +889,8 @@ impl Raft {
             return;
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers() {
+        for peer_index in 0..self.peers.len() {
+            let peer = self.peers[peer_index];
             self.send(
                 peer,
                 MessageBody::Vote {
@@ -897,7 +913,8 @@ impl Raft {
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
         let last_index = self.log.last_index();
-        for peer in self.peers() {
+        for peer_index in 0..self.peers.len() {
+            let peer = self.peers[peer_index];
             let mut progress = Progress::new(last_index);
             // Count every follower active at the start of the term, so the
             // first CheckQuorum looks at a whole election timeout.
@@ -910,25 +927,21 @@ impl Raft {
         self.maybe_commit();
     }
 
-    fn peers(&self) -> Vec<NodeId> {
-        self.config
-            .voters
-            .iter()
-            .copied()
-            .filter(|id| *id != self.config.id)
-            .collect()
-    }
-
     // ----- replication -----
 
     /// Commits the highest index a quorum has made durable, provided it is of
     /// the current term (§5.4.2). Returns true when the commit index moved.
     fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.matched).collect();
+        // A scratch vector kept between calls: this runs on every
+        // acknowledgement, and allocating each time showed in profiles.
+        let mut matched = std::mem::take(&mut self.matched_scratch);
+        matched.clear();
+        matched.extend(self.progress.values().map(|p| p.matched));
         // The leader counts only what it has itself made durable.
         matched.push(self.log.stable);
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[self.quorum() - 1];
+        self.matched_scratch = matched;
         if candidate <= self.log.committed {
             return false;
         }
@@ -946,7 +959,8 @@ impl Raft {
     }
 
     fn broadcast_append(&mut self) {
-        for peer in self.peers() {
+        for peer_index in 0..self.peers.len() {
+            let peer = self.peers[peer_index];
             self.send_appends(peer);
         }
     }
@@ -965,7 +979,8 @@ impl Raft {
     fn broadcast_heartbeat(&mut self) {
         self.read_round_sent = self.read_round;
         let round = self.read_round;
-        for peer in self.peers() {
+        for peer_index in 0..self.peers.len() {
+            let peer = self.peers[peer_index];
             let matched = self.progress.get(&peer).map_or(LogIndex(0), |p| p.matched);
             self.send(
                 peer,
@@ -978,14 +993,19 @@ impl Raft {
     }
 
     fn release_confirmed_reads(&mut self) {
-        let mut rounds: Vec<u64> = self
-            .peers()
-            .iter()
-            .map(|peer| self.read_round_acked.get(peer).copied().unwrap_or(0))
-            .collect();
+        // Reused between calls, like `matched_scratch`: this runs on every
+        // heartbeat answer that carries a read round.
+        let mut rounds = std::mem::take(&mut self.rounds_scratch);
+        rounds.clear();
+        rounds.extend(
+            self.peers
+                .iter()
+                .map(|peer| self.read_round_acked.get(peer).copied().unwrap_or(0)),
+        );
         rounds.push(self.read_round); // the leader confirms itself
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = rounds[self.quorum() - 1];
+        self.rounds_scratch = rounds;
         while let Some(read) = self.pending_reads.front() {
             if read.round > confirmed {
                 break;

@@ -58,11 +58,24 @@ pub enum Fault {
     /// milliseconds of winning and restarted soon after (Jepsen's
     /// kill-the-leader nemesis, sped up).
     Churn,
+    /// Leadership transfer (thesis §3.10) to a random follower. Half the
+    /// time the old leader stops hearing anyone the moment its TimeoutNow
+    /// leaves, so it goes on believing it leads (it can still send) until
+    /// CheckQuorum deposes it, while the new leader serves writes: the
+    /// window in which a deposed leader could serve a stale read.
+    Transfer,
+    /// The Raft paper's figure 8 as a schedule of partitions: the leader is
+    /// cut off with a minority (clients keep appending to it), the next
+    /// leader is isolated the moment it wins (before its first append
+    /// leaves), the first side is reconnected and elects again, and that
+    /// leader is cut off with the minority right after its first commit of
+    /// the term, while the isolated second leader comes back.
+    Figure8,
 }
 
 impl Fault {
     /// Every fault kind.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::Partition,
         Fault::Crash,
         Fault::Pause,
@@ -71,6 +84,8 @@ impl Fault {
         Fault::Reorder,
         Fault::Skew,
         Fault::Churn,
+        Fault::Transfer,
+        Fault::Figure8,
     ];
 
     /// The name used on the command line.
@@ -84,6 +99,8 @@ impl Fault {
             Fault::Reorder => "reorder",
             Fault::Skew => "skew",
             Fault::Churn => "churn",
+            Fault::Transfer => "transfer",
+            Fault::Figure8 => "figure8",
         }
     }
 

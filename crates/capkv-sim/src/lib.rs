@@ -4,7 +4,10 @@
 //! duplication, reordering, partitions of every shape), virtual disks with
 //! exact crash semantics ([`capkv_storage::MemStorage`]), process pauses and
 //! clock drift, all drawn from one seed, driving the very [`capkv_node::Node`]
-//! the real server runs. Clients run a read/write/cas/delete workload and
+//! the real server runs. Besides random faults, targeted nemeses watch the
+//! cluster and strike at its weak moments: leader churn, a leadership
+//! transfer the old leader never hears the end of, and the Raft paper's
+//! figure 8 played as a schedule of partitions ([`Fault`]). Clients run a read/write/cas/delete workload and
 //! record a history; checkers run on every step (Raft's safety properties)
 //! and at the end (linearizability with `capkv-check`, convergence after the
 //! faults heal). The same seed gives the same run, event for event, and the

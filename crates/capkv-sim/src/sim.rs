@@ -4,9 +4,9 @@ use crate::config::{Fault, SimConfig, Workload};
 use crate::invariants::{RaftInvariants, Violation};
 use crate::workload::{Client, ClientAction, Outcome};
 use capkv_check::Event as HistoryEvent;
-use capkv_core::{NodeId, Rng, StableHasher};
+use capkv_core::{LogIndex, NodeId, Rng, StableHasher, Term};
 use capkv_node::{Node, NodeConfig, NodeEvent, NodeReady, PeerMessage, Request, Response};
-use capkv_raft::Role;
+use capkv_raft::{MessageBody, Role};
 use capkv_storage::{MemStorage, Storage};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -58,6 +58,57 @@ enum HealKind {
     Network,
     Skew,
     Churn,
+    /// Ends figure-8 run number `.0` if it is still going (its time bound).
+    Figure8(u64),
+}
+
+/// The transfer nemesis, armed: when `leader` sends its TimeoutNow (before
+/// `until`), its inbound links fail for `deaf_for`.
+#[derive(Debug, Clone, Copy)]
+struct Handoff {
+    leader: NodeId,
+    until: Micros,
+    deaf_for: Micros,
+}
+
+/// One run of the figure-8 nemesis (see [`Fault::Figure8`]).
+#[derive(Debug, Clone)]
+struct Figure8 {
+    /// Its number, so that a stale time bound cannot end a later run.
+    run: u64,
+    /// The first leader and the minority cut off with it.
+    minority: Vec<NodeId>,
+    /// The first leader's term.
+    first_term: Term,
+    stage: Figure8Stage,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Figure8Stage {
+    /// Waiting for the majority side to elect a leader of a later term.
+    SecondLeader,
+    /// `second` won and was isolated at once; waiting for the rest to elect
+    /// a leader of a later term.
+    ThirdLeader { second: NodeId, second_term: Term },
+    /// `third` leads `third_term`; waiting for its first commit beyond
+    /// `commit_at_election`.
+    ThirdCommit {
+        second: NodeId,
+        third: NodeId,
+        third_term: Term,
+        commit_at_election: LogIndex,
+    },
+    /// The last partition is in place until the run's time bound.
+    Done,
+}
+
+/// What one turn's events showed the nemesis.
+#[derive(Debug, Default, Clone, Copy)]
+struct TurnSeen {
+    /// The node became leader of this term.
+    leader_of: Option<Term>,
+    /// The highest index the node applied.
+    applied_max: Option<LogIndex>,
 }
 
 /// A queue entry: small, so that heap operations move 24 bytes rather than
@@ -67,6 +118,46 @@ struct Scheduled {
     at: Micros,
     seq: u64,
     slot: usize,
+}
+
+/// The pending events, earliest first (ties in the order they were
+/// scheduled). Most pending events are client deadlines, all set the same
+/// time ahead and so due in the order they were set: they wait in a FIFO
+/// beside the heap, which keeps the heap a few dozen entries deep.
+#[derive(Default)]
+struct EventQueue {
+    heap: BinaryHeap<Reverse<Scheduled>>,
+    /// Entries in increasing order.
+    in_order: VecDeque<Scheduled>,
+}
+
+impl EventQueue {
+    fn push(&mut self, entry: Scheduled) {
+        self.heap.push(Reverse(entry));
+    }
+
+    /// Like `push`, for an entry that is probably due after every entry
+    /// pushed this way so far.
+    fn push_probably_in_order(&mut self, entry: Scheduled) {
+        if self.in_order.back().is_some_and(|last| *last > entry) {
+            self.heap.push(Reverse(entry));
+        } else {
+            self.in_order.push_back(entry);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Scheduled> {
+        let from_fifo = match (self.heap.peek(), self.in_order.front()) {
+            (Some(Reverse(first)), Some(fifo_first)) => fifo_first < first,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if from_fifo {
+            self.in_order.pop_front()
+        } else {
+            self.heap.pop().map(|Reverse(entry)| entry)
+        }
+    }
 }
 
 /// An input waiting for a node that is busy (its turn's fsync is in flight)
@@ -80,6 +171,8 @@ enum Input {
         request_id: u64,
         request: Request,
     },
+    /// An operator asks the node to hand leadership to this node.
+    Transfer(NodeId),
 }
 
 /// A cp or an ap client.
@@ -190,7 +283,7 @@ impl SimReport {
 pub struct Simulation {
     config: SimConfig,
     now: Micros,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue,
     /// Actions by slot; `None` once taken. Freed slots are reused.
     actions: Vec<Option<Action>>,
     free_slots: Vec<usize>,
@@ -204,6 +297,12 @@ pub struct Simulation {
     network: NetworkFaults,
     /// While set, new leaders are killed soon after they win.
     churn: bool,
+    /// The transfer nemesis waiting for a TimeoutNow, when armed.
+    handoff: Option<Handoff>,
+    /// The figure-8 nemesis, while it runs.
+    figure8: Option<Figure8>,
+    /// Figure-8 runs started so far.
+    figure8_runs: u64,
     invariants: RaftInvariants,
     violation: Option<Violation>,
     history: Vec<HistoryEvent>,
@@ -284,7 +383,7 @@ impl Simulation {
             .collect();
         let mut sim = Simulation {
             now: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             actions: Vec::new(),
             free_slots: Vec::new(),
             seq: 0,
@@ -295,6 +394,9 @@ impl Simulation {
             cut: BTreeSet::new(),
             network: NetworkFaults::default(),
             churn: false,
+            handoff: None,
+            figure8: None,
+            figure8_runs: 0,
             invariants: RaftInvariants::new(),
             violation: None,
             history: Vec::new(),
@@ -329,6 +431,19 @@ impl Simulation {
     }
 
     fn schedule(&mut self, delay: Micros, action: Action) {
+        let entry = self.entry(delay, action);
+        self.queue.push(entry);
+    }
+
+    /// Schedules a client's deadline: every client waits the same time, so
+    /// deadlines fall due in the order they are set.
+    fn schedule_deadline(&mut self, delay: Micros, action: Action) {
+        let entry = self.entry(delay, action);
+        self.queue.push_probably_in_order(entry);
+    }
+
+    /// Stores `action` and returns its queue entry.
+    fn entry(&mut self, delay: Micros, action: Action) -> Scheduled {
         self.seq += 1;
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -340,11 +455,11 @@ impl Simulation {
                 self.actions.len() - 1
             }
         };
-        self.queue.push(Reverse(Scheduled {
+        Scheduled {
             at: self.now + delay,
             seq: self.seq,
             slot,
-        }));
+        }
     }
 
     fn note(&mut self, text: String) {
@@ -365,7 +480,7 @@ impl Simulation {
     /// Runs to the end and checks everything.
     pub fn run(mut self) -> SimReport {
         let end = self.load_end() + self.config.quiet_ms * MS;
-        while let Some(Reverse(next)) = self.queue.pop() {
+        while let Some(next) = self.queue.pop() {
             if next.at > end || self.violation.is_some() {
                 break;
             }
@@ -510,6 +625,11 @@ impl Simulation {
                     sim_node.request_clients.insert(request_id, client);
                     node.handle_request(request_id, request);
                 }
+                Input::Transfer(target) => {
+                    // The leader may have changed while this waited: an
+                    // operator's transfer then simply fails.
+                    let _ = node.transfer_leader(target);
+                }
             }
         }
         if !node.has_ready() {
@@ -538,15 +658,18 @@ impl Simulation {
 
     fn check_events(&mut self, index: usize, ready: &NodeReady) {
         let id = self.nodes[index].id;
-        let mut new_leader = false;
-        self.check_each_event(index, ready, &mut new_leader);
-        if new_leader && self.rng.chance(0.7) {
+        let mut seen = TurnSeen::default();
+        self.check_each_event(index, ready, &mut seen);
+        if seen.leader_of.is_some() && self.churn && self.rng.chance(0.7) {
             let delay = self.rng.range(MS, 30 * MS);
             self.schedule(delay, Action::Crash(id));
         }
+        if self.figure8.is_some() && self.violation.is_none() {
+            self.figure8_observe(index, seen);
+        }
     }
 
-    fn check_each_event(&mut self, index: usize, ready: &NodeReady, new_leader: &mut bool) {
+    fn check_each_event(&mut self, index: usize, ready: &NodeReady, seen: &mut TurnSeen) {
         let id = self.nodes[index].id;
         for event in &ready.events {
             let Some(node) = self.nodes[index].node.as_ref() else {
@@ -566,10 +689,8 @@ impl Simulation {
                             role.as_str()
                         ));
                     }
-                    if *role == Role::Leader && self.churn {
-                        *new_leader = true;
-                    }
                     if *role == Role::Leader {
+                        seen.leader_of = Some(*term);
                         self.invariants.on_leader(id, raft)
                     } else {
                         Ok(())
@@ -583,9 +704,11 @@ impl Simulation {
                     term,
                     data_hash,
                     ..
-                } => self
-                    .invariants
-                    .on_apply(id, *entry_index, *term, *data_hash),
+                } => {
+                    seen.applied_max = Some(*entry_index);
+                    self.invariants
+                        .on_apply(id, *entry_index, *term, *data_hash)
+                }
                 NodeEvent::SnapshotInstalled {
                     index: snapshot_index,
                     ..
@@ -640,31 +763,37 @@ impl Simulation {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, message: PeerMessage) {
+        if self.handoff.is_some() {
+            self.maybe_deafen(from, &message);
+        }
         if self.cut.contains(&(from, to)) {
             return;
         }
         if self.rng.chance(self.network.loss) {
             return;
         }
-        let copies = if self.rng.chance(self.network.duplicate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut delay = self.rng.range(300, 1_500);
-            if self.rng.chance(self.network.reorder) {
-                delay += self.rng.range(1_000, 30_000);
-            }
+        if self.rng.chance(self.network.duplicate) {
+            let delay = self.delivery_delay();
+            let copy = message.clone();
             self.schedule(
                 delay,
                 Action::Deliver {
                     from,
                     to,
-                    message: message.clone(),
+                    message: copy,
                 },
             );
         }
+        let delay = self.delivery_delay();
+        self.schedule(delay, Action::Deliver { from, to, message });
+    }
+
+    fn delivery_delay(&mut self) -> Micros {
+        let mut delay = self.rng.range(300, 1_500);
+        if self.rng.chance(self.network.reorder) {
+            delay += self.rng.range(1_000, 30_000);
+        }
+        delay
     }
 
     // ----- clients -----
@@ -691,7 +820,7 @@ impl Simulation {
                         request,
                     },
                 );
-                self.schedule(timeout, Action::ClientWake(client));
+                self.schedule_deadline(timeout, Action::ClientWake(client));
             }
         }
         match &mut self.clients[client] {
@@ -753,6 +882,8 @@ impl Simulation {
                 ));
                 self.schedule(duration, Action::Heal(HealKind::Network));
             }
+            Fault::Transfer => self.transfer(duration),
+            Fault::Figure8 => self.figure8_start(),
             Fault::Churn => {
                 self.churn = true;
                 self.note("leader churn: new leaders will be killed".into());
@@ -779,16 +910,20 @@ impl Simulation {
         NodeId(1 + self.rng.range(0, self.config.nodes))
     }
 
-    /// Half the time the current leader (the node whose loss hurts most),
-    /// otherwise any node.
-    fn victim(&mut self) -> NodeId {
-        let leader = self
-            .nodes
+    /// The live leader of the highest term, with its term.
+    fn current_leader(&self) -> Option<(NodeId, Term)> {
+        self.nodes
             .iter()
             .filter_map(|n| n.node.as_ref())
             .filter(|n| n.raft().role() == Role::Leader)
             .max_by_key(|n| n.raft().term())
-            .map(|n| n.id());
+            .map(|n| (n.id(), n.raft().term()))
+    }
+
+    /// Half the time the current leader (the node whose loss hurts most),
+    /// otherwise any node.
+    fn victim(&mut self) -> NodeId {
+        let leader = self.current_leader().map(|(id, _)| id);
         match leader {
             Some(id) if self.rng.chance(0.5) => id,
             _ => self.random_node(),
@@ -812,7 +947,7 @@ impl Simulation {
                 let split = (ids.len() / 2).max(1);
                 let (minority, majority) = shuffled.split_at(split);
                 self.cut_between(minority, majority, true);
-                format!("partition {minority:?} | {majority:?}")
+                format!("partition {} | {}", names(minority), names(majority))
             }
             1 => {
                 // One node isolated.
@@ -837,11 +972,211 @@ impl Simulation {
                 let rest = &shuffled[1..];
                 let (left, right) = rest.split_at(rest.len() / 2);
                 self.cut_between(left, right, true);
-                format!("bridge {bridge} between {left:?} and {right:?}")
+                format!(
+                    "bridge {bridge} between {} and {}",
+                    names(left),
+                    names(right)
+                )
             }
         };
         self.note(description);
         self.schedule(duration, Action::Heal(HealKind::Partition));
+    }
+
+    /// The transfer nemesis: asks the leader to hand over to a random
+    /// follower, and half the time arms [`Simulation::maybe_deafen`].
+    fn transfer(&mut self, deaf_for: Micros) {
+        let Some((leader, term)) = self.current_leader() else {
+            return;
+        };
+        let followers: Vec<NodeId> = (1..=self.config.nodes)
+            .map(NodeId)
+            .filter(|id| *id != leader)
+            .collect();
+        if followers.is_empty() {
+            return;
+        }
+        let target = followers[self.rng.range(0, followers.len() as u64) as usize];
+        let deafen = self.rng.chance(0.5);
+        if deafen {
+            self.handoff = Some(Handoff {
+                leader,
+                until: self.now + 1_000 * MS,
+                deaf_for,
+            });
+        }
+        let deaf_note = if deafen {
+            "; it will stop hearing anyone once its TimeoutNow leaves"
+        } else {
+            ""
+        };
+        self.note(format!(
+            "{leader} (leader of {term}) asked to transfer to {target}{deaf_note}"
+        ));
+        self.input(leader, Input::Transfer(target));
+    }
+
+    /// The armed transfer nemesis strikes as the old leader's TimeoutNow
+    /// leaves: every link into it fails, so it never hears the new leader
+    /// (or anyone) and believes it leads until CheckQuorum deposes it.
+    fn maybe_deafen(&mut self, from: NodeId, message: &PeerMessage) {
+        let Some(handoff) = self.handoff else {
+            return;
+        };
+        if self.now > handoff.until {
+            self.handoff = None;
+            return;
+        }
+        let is_timeout_now = matches!(
+            message,
+            PeerMessage::Raft(raft) if matches!(raft.body, MessageBody::TimeoutNow)
+        );
+        if from != handoff.leader || !is_timeout_now {
+            return;
+        }
+        self.handoff = None;
+        for other in (1..=self.config.nodes).map(NodeId) {
+            if other != from {
+                self.cut.insert((other, from));
+            }
+        }
+        self.note(format!(
+            "{from} sent TimeoutNow and now hears nobody (it can still send)"
+        ));
+        self.schedule(handoff.deaf_for, Action::Heal(HealKind::Partition));
+    }
+
+    /// Starts a figure-8 run: the leader is cut off with a minority. The
+    /// later stages follow the cluster's elections in
+    /// [`Simulation::figure8_observe`].
+    fn figure8_start(&mut self) {
+        if self.figure8.is_some() || self.config.nodes < 3 {
+            return;
+        }
+        let Some((leader, term)) = self.current_leader() else {
+            return;
+        };
+        let mut others: Vec<NodeId> = (1..=self.config.nodes)
+            .map(NodeId)
+            .filter(|id| *id != leader)
+            .collect();
+        for i in (1..others.len()).rev() {
+            let j = self.rng.range(0, i as u64 + 1) as usize;
+            others.swap(i, j);
+        }
+        // The largest minority, so that its entries need few more copies to
+        // sit on a majority, as in the paper's figure.
+        let partners = (self.config.nodes as usize - 1) / 2 - 1;
+        let mut minority = vec![leader];
+        minority.extend_from_slice(&others[..partners]);
+        let majority = others[partners..].to_vec();
+        self.cut.clear();
+        self.cut_between(&minority, &majority, true);
+        self.figure8_runs += 1;
+        let run = self.figure8_runs;
+        self.figure8 = Some(Figure8 {
+            run,
+            minority: minority.clone(),
+            first_term: term,
+            stage: Figure8Stage::SecondLeader,
+        });
+        self.note(format!(
+            "figure 8: {leader} (leader of {term}) cut off with {} from {}",
+            names(&minority),
+            names(&majority)
+        ));
+        let bound = self.rng.range(3_000 * MS, 6_000 * MS);
+        self.schedule(bound, Action::Heal(HealKind::Figure8(run)));
+    }
+
+    /// Moves a figure-8 run on when node `index`'s turn showed what its
+    /// stage waits for. Runs before the turn's messages leave, so a new
+    /// leader can be isolated before anyone hears from it.
+    fn figure8_observe(&mut self, index: usize, seen: TurnSeen) {
+        let Some(run) = self.figure8.clone() else {
+            return;
+        };
+        let id = self.nodes[index].id;
+        let Some(node) = self.nodes[index].node.as_ref() else {
+            return;
+        };
+        let (role, term, commit) = (
+            node.raft().role(),
+            node.raft().term(),
+            node.raft().commit_index(),
+        );
+        let next = match run.stage {
+            Figure8Stage::SecondLeader => match seen.leader_of {
+                Some(won) if won > run.first_term && !run.minority.contains(&id) => {
+                    let everyone: Vec<NodeId> = (1..=self.config.nodes)
+                        .map(NodeId)
+                        .filter(|other| *other != id)
+                        .collect();
+                    self.cut.clear();
+                    self.cut_between(&[id], &everyone, true);
+                    self.note(format!(
+                        "figure 8: {id} won {won} and is isolated before its first append leaves; {} reconnected",
+                        names(&run.minority)
+                    ));
+                    Figure8Stage::ThirdLeader {
+                        second: id,
+                        second_term: won,
+                    }
+                }
+                _ => return,
+            },
+            Figure8Stage::ThirdLeader {
+                second,
+                second_term,
+            } => match seen.leader_of {
+                Some(won) if won > second_term && id != second => Figure8Stage::ThirdCommit {
+                    second,
+                    third: id,
+                    third_term: won,
+                    commit_at_election: commit,
+                },
+                _ => return,
+            },
+            Figure8Stage::ThirdCommit {
+                second,
+                third,
+                third_term,
+                commit_at_election,
+            } => {
+                if id != third {
+                    return;
+                }
+                if role != Role::Leader || term != third_term {
+                    Figure8Stage::Done // it lost the lead first: nothing to do
+                } else if seen
+                    .applied_max
+                    .is_some_and(|applied| applied > commit_at_election)
+                {
+                    let mut side: Vec<NodeId> = run.minority.clone();
+                    if !side.contains(&third) {
+                        side.push(third);
+                    }
+                    let rest: Vec<NodeId> = (1..=self.config.nodes)
+                        .map(NodeId)
+                        .filter(|other| !side.contains(other))
+                        .collect();
+                    self.cut.clear();
+                    self.cut_between(&side, &rest, true);
+                    self.note(format!(
+                        "figure 8: {third} committed in {third_term}; {} cut off from {}, where {second} is back",
+                        names(&side),
+                        names(&rest)
+                    ));
+                    Figure8Stage::Done
+                } else {
+                    return;
+                }
+            }
+            Figure8Stage::Done => return,
+        };
+        if let Some(current) = self.figure8.as_mut() {
+            current.stage = next;
+        }
     }
 
     fn cut_between(&mut self, a: &[NodeId], b: &[NodeId], both_ways: bool) {
@@ -858,9 +1193,18 @@ impl Simulation {
     fn heal(&mut self, kind: HealKind) {
         match kind {
             HealKind::Partition => {
+                // A figure-8 run cannot go on without its partitions.
+                self.figure8 = None;
                 if !self.cut.is_empty() {
                     self.cut.clear();
                     self.note("partition healed".into());
+                }
+            }
+            HealKind::Figure8(run) => {
+                if self.figure8.as_ref().is_some_and(|f| f.run == run) {
+                    self.figure8 = None;
+                    self.cut.clear();
+                    self.note("figure 8: over, partition healed".into());
                 }
             }
             HealKind::Network => {
@@ -924,6 +1268,8 @@ impl Simulation {
 
     fn heal_everything(&mut self) {
         self.churn = false;
+        self.handoff = None;
+        self.figure8 = None;
         self.cut.clear();
         self.network = NetworkFaults::default();
         let base = self.config.tick_ms * MS;
@@ -1060,4 +1406,10 @@ impl Simulation {
         }
         Ok(())
     }
+}
+
+/// `[n1, n2]`, for timelines.
+fn names(ids: &[NodeId]) -> String {
+    let names: Vec<String> = ids.iter().map(NodeId::to_string).collect();
+    format!("[{}]", names.join(", "))
 }

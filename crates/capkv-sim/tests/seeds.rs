@@ -5,6 +5,18 @@
 use capkv_raft::DeliberateBugs;
 use capkv_sim::{Fault, SimConfig, SimReport};
 
+/// The faults the simulator had before the transfer and figure-8 nemeses:
+/// the fault set of the seeds pinned before them.
+const FAULTS_BEFORE_TRANSFER: [Fault; 7] = [
+    Fault::Partition,
+    Fault::Crash,
+    Fault::Pause,
+    Fault::Loss,
+    Fault::Duplicate,
+    Fault::Reorder,
+    Fault::Skew,
+];
+
 fn config(seed: u64, nodes: u64) -> SimConfig {
     let mut config = SimConfig::new(seed, nodes);
     config.faults = Fault::ALL.to_vec();
@@ -74,7 +86,7 @@ fn seeds_151_to_200_pass_every_checker_under_every_fault() {
 fn pinned_seed_4_full_inflight_window_recovers_after_follower_crash() {
     let mut config = SimConfig::new(4, 5);
     config.duration_ms = 20_000;
-    config.faults.retain(|fault| *fault != Fault::Churn);
+    config.faults = FAULTS_BEFORE_TRANSFER.to_vec();
     let report = capkv_sim::run(config);
     assert!(report.passed(), "{}", describe(&report));
 }
@@ -91,7 +103,7 @@ fn pinned_seeds_4_10_14_duplicated_forward_is_proposed_once() {
         let mut config = SimConfig::new(seed, 5);
         config.duration_ms = 20_000;
         // The fault set they were found with (before leader churn existed).
-        config.faults.retain(|fault| *fault != Fault::Churn);
+        config.faults = FAULTS_BEFORE_TRANSFER.to_vec();
         let report = capkv_sim::run(config);
         assert!(report.passed(), "{}", describe(&report));
     }
@@ -108,32 +120,102 @@ fn the_same_seed_gives_the_same_run() {
     assert_ne!(first.trace_hash, other.trace_hash);
 }
 
-/// Finds the first seed in `1..=seeds_max` on which `bugs` is caught, under
-/// the faults that change leaders most: crashes, leader churn, partitions.
-fn first_seed_catching(bugs: DeliberateBugs, seeds_max: u64) -> Option<(u64, SimReport)> {
-    (1..=seeds_max).find_map(|seed| {
-        let mut config = config(seed, 5);
-        config.duration_ms = 20_000;
-        config.faults = vec![Fault::Partition, Fault::Crash, Fault::Churn];
-        config.bugs = bugs;
-        let report = capkv_sim::run(config);
+/// A 5-node, 20 s run of `seed` under `faults` with `bugs` switched on.
+fn bug_config(seed: u64, faults: &[Fault], bugs: DeliberateBugs) -> SimConfig {
+    let mut config = config(seed, 5);
+    config.duration_ms = 20_000;
+    config.faults = faults.to_vec();
+    config.bugs = bugs;
+    config
+}
+
+/// Finds the first seed in `1..=seeds_max` on which `bugs` is caught under
+/// `faults`, and checks that every seed up to it passes with the same
+/// faults and a correct Raft: the nemesis alone is never the failure.
+fn first_seed_catching(
+    bugs: DeliberateBugs,
+    faults: &[Fault],
+    seeds_max: u64,
+) -> Option<(u64, SimReport)> {
+    let (seed, report) = (1..=seeds_max).find_map(|seed| {
+        let report = capkv_sim::run(bug_config(seed, faults, bugs));
         (!report.passed()).then_some((seed, report))
-    })
+    })?;
+    eprintln!("caught on {}", describe(&report));
+    for correct_seed in 1..=seed {
+        let correct = capkv_sim::run(bug_config(correct_seed, faults, DeliberateBugs::default()));
+        assert!(
+            correct.passed(),
+            "a correct Raft fails too: {}",
+            describe(&correct)
+        );
+    }
+    Some((seed, report))
 }
 
 /// §5.4.1 removed: a candidate with a stale log can win and overwrite
-/// committed entries. The simulator must notice within 30 seeds.
+/// committed entries. The simulator must notice within 30 seeds, under the
+/// faults that change leaders most: crashes, leader churn, partitions.
 #[test]
 fn simulator_catches_votes_granted_without_the_log_check() {
     let bugs = DeliberateBugs {
         vote_ignores_log: true,
         ..DeliberateBugs::default()
     };
-    let Some((seed, report)) = first_seed_catching(bugs, 30) else {
+    let faults = [Fault::Partition, Fault::Crash, Fault::Churn];
+    if first_seed_catching(bugs, &faults, 30).is_none() {
         panic!("no seed in 1..=30 caught a Raft that ignores §5.4.1");
+    }
+}
+
+/// §5.4.2 removed: a leader commits an entry of an earlier term once it is
+/// on a majority, and figure 8's next leader, whose log holds a different
+/// entry of a later term there, is elected without it. The figure-8 nemesis
+/// must bring this about within 10 seeds, and a Raft checker (not the
+/// client history) must be the one to notice.
+#[test]
+fn simulator_catches_entries_of_earlier_terms_committed_by_counting() {
+    let bugs = DeliberateBugs {
+        commit_counts_old_terms: true,
+        ..DeliberateBugs::default()
     };
-    eprintln!("caught on {}", describe(&report));
-    assert!(seed <= 30);
+    let Some((_, report)) = first_seed_catching(bugs, &[Fault::Figure8], 10) else {
+        panic!("no seed in 1..=10 caught a Raft that commits earlier terms by counting");
+    };
+    let property = report.raft_violation.as_ref().map(|v| v.property);
+    assert!(
+        matches!(
+            property,
+            Some("leader completeness" | "state machine safety")
+        ),
+        "{}",
+        describe(&report)
+    );
+}
+
+/// Thesis §6.4 step 3 removed: a leader answers ReadIndex reads without a
+/// heartbeat round. After a leadership transfer that the old leader never
+/// hears the end of, it serves reads that miss the new leader's writes. The
+/// transfer nemesis must bring this about within 10 seeds, and the
+/// linearizability checker must be the one to notice.
+#[test]
+fn simulator_catches_reads_served_without_a_quorum_round() {
+    let bugs = DeliberateBugs {
+        read_skips_quorum: true,
+        ..DeliberateBugs::default()
+    };
+    let Some((_, report)) = first_seed_catching(bugs, &[Fault::Transfer], 10) else {
+        panic!("no seed in 1..=10 caught a Raft that serves reads without a quorum round");
+    };
+    assert!(report.raft_violation.is_none(), "{}", describe(&report));
+    assert!(
+        report
+            .linearizability
+            .as_ref()
+            .is_err_and(|text| text.contains("not linearizable")),
+        "{}",
+        describe(&report)
+    );
 }
 
 #[test]
@@ -144,6 +226,10 @@ fn bad_configs_are_refused_with_a_reason() {
     config.clients = 0;
     assert!(config.validate().is_err());
     assert!(Fault::parse_list("partition,bogus").is_err());
-    assert_eq!(Fault::parse_list("all").map(|f| f.len()), Ok(8));
+    assert_eq!(Fault::parse_list("all").map(|f| f.len()), Ok(10));
     assert_eq!(Fault::parse_list("none"), Ok(vec![]));
+    assert_eq!(
+        Fault::parse_list("figure8,transfer"),
+        Ok(vec![Fault::Transfer, Fault::Figure8])
+    );
 }

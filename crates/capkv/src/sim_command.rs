@@ -26,7 +26,10 @@ pub struct SimArgs {
     /// Cluster size (1..=9).
     #[arg(long, default_value_t = 5)]
     nodes: u64,
-    /// Faults: comma-separated from partition,crash,pause,loss,dup,reorder,skew, or all, none.
+    /// Faults: comma-separated from partition, crash, pause, loss, dup,
+    /// reorder, skew, churn (new leaders killed), transfer (leadership
+    /// transfer the old leader may never hear the end of), figure8 (the Raft
+    /// paper's figure-8 schedule of partitions), or all, none.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Simulated load time, like 60s, 500ms or 2m (a quiet period follows).
