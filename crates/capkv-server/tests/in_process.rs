@@ -58,6 +58,7 @@ async fn three_nodes_elect_a_leader_and_serve_writes_through_any_node() {
         );
         let mut leaders = 0;
         let mut up = 0;
+        let mut known = Vec::new();
         for id in 1..=3 {
             if client
                 .get(format!("http://{}/v1/health", http(id)))
@@ -78,20 +79,38 @@ async fn three_nodes_elect_a_leader_and_serve_writes_through_any_node() {
                 if body["groups"][0]["role"] == "leader" {
                     leaders += 1;
                 }
+                known.push(body["groups"][0]["leader"].clone());
             }
         }
-        if leaders == 1 && up == 3 {
+        // One leader, and every node knows it (a follower that has not heard
+        // from it yet refuses writes with no_quorum).
+        let agreed = known.len() == 3 && known.iter().all(|l| !l.is_null() && *l == known[0]);
+        if leaders == 1 && up == 3 && agreed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let response = client
-        .put(format!("http://{}/v1/buckets/bank", http(2)))
-        .body(r#"{"mode":"cp"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    // A client retries a definite refusal (a leader change right after the
+    // wait above), for at most 5 s.
+    let started = Instant::now();
+    loop {
+        let response = client
+            .put(format!("http://{}/v1/buckets/bank", http(2)))
+            .body(r#"{"mode":"cp"}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            status == 503 && started.elapsed() < Duration::from_secs(5),
+            "{status} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for id in 1..=3 {
         let response = client
             .put(format!("http://{}/v1/kv/bank/k{id}", http(id)))
