@@ -1144,12 +1144,7 @@ impl Dynamo {
 
     fn expire_requests(&mut self) {
         let now = self.now_ms;
-        let expired: Vec<u64> = self
-            .writes
-            .iter()
-            .filter(|(_, op)| op.deadline_ms <= now)
-            .map(|(req, _)| *req)
-            .collect();
+        let expired = past_deadline(&self.writes, now, |op| op.deadline_ms);
         for req in expired {
             let Some(op) = self.writes.remove(&req) else {
                 continue;
@@ -1174,21 +1169,11 @@ impl Dynamo {
                 self.store_hint(*replica, &op.bucket, &op.key, &op.object, op.origin_ms);
             }
         }
-        let expired: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, op)| op.deadline_ms <= now)
-            .map(|(req, _)| *req)
-            .collect();
+        let expired = past_deadline(&self.reads, now, |op| op.deadline_ms);
         for req in expired {
             self.finish_read(req);
         }
-        let expired: Vec<u64> = self
-            .forwards
-            .iter()
-            .filter(|(_, op)| op.deadline_ms <= now)
-            .map(|(req, _)| *req)
-            .collect();
+        let expired = past_deadline(&self.forwards, now, |op| op.deadline_ms);
         for req in expired {
             if let Some(forward) = self.forwards.remove(&req) {
                 self.stats.no_quorum += 1;
@@ -1829,6 +1814,14 @@ fn merged_digest(dynamo: &Dynamo, bucket: &str, key: &str) -> u64 {
         .get(bucket)
         .and_then(|keys| keys.get(key))
         .map_or(0, |(_, digest)| *digest)
+}
+
+/// The ids of the entries whose deadline is at or before `now`.
+fn past_deadline<T>(ops: &BTreeMap<u64, T>, now: u64, deadline: impl Fn(&T) -> u64) -> Vec<u64> {
+    ops.iter()
+        .filter(|(_, op)| deadline(op) <= now)
+        .map(|(req, _)| *req)
+        .collect()
 }
 
 fn values_answer(object: Option<&Object>, responded: usize, replicas: usize) -> ApResponse {
