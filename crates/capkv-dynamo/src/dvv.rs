@@ -460,18 +460,26 @@ impl<V: Clone> DvvSet<V> {
         joined
     }
 
-    /// Rule 2 in place: joins `other` into this state.
-    pub fn merge_from(&mut self, other: &DvvSet<V>) {
+    /// Rule 2 in place: joins `other` into this state. Returns whether
+    /// anything changed (a sibling dropped or taken in, or the context grew).
+    pub fn merge_from(&mut self, other: &DvvSet<V>) -> bool {
         let other_context = &other.context;
+        let context_grows = !self.context.descends(other_context);
+        let before = self.siblings.len();
         self.siblings
             .retain(|dot, _| other.siblings.contains_key(dot) || !other_context.covers(*dot));
+        let mut changed = context_grows || self.siblings.len() != before;
         for (dot, value) in &other.siblings {
+            // Rule 4: a sibling is covered by its own context, so a dot this
+            // context does not cover is never already here.
             if !self.context.covers(*dot) {
                 self.siblings.insert(*dot, value.clone());
+                changed = true;
             }
         }
         self.context.merge(other_context);
         self.assert_invariants();
+        changed
     }
 
     /// Whether every sibling's dot is covered by the context (rule 4). A

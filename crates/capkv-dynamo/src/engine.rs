@@ -355,6 +355,8 @@ struct WriteOp {
     required: usize,
     digests: BTreeMap<NodeId, u64>,
     object: Object,
+    /// The digest of `object`.
+    digest: u64,
     origin_ms: u64,
     answer: ApResponse,
     answered: bool,
@@ -1040,6 +1042,7 @@ impl Dynamo {
                 required,
                 digests,
                 object,
+                digest,
                 origin_ms,
                 answer: answer_template,
                 answered: false,
@@ -1098,7 +1101,7 @@ impl Dynamo {
         // A hint made at once for a replica thought down is moot now that
         // it has the write (unless the hint has since taken more writes).
         let hint_key = (from, op.bucket.clone(), op.key.clone());
-        let sent = op.object.digest();
+        let sent = op.digest;
         if self
             .hints
             .get(&hint_key)
@@ -1385,38 +1388,58 @@ impl Dynamo {
 
     // ----- replica -----
 
-    /// Merges `incoming` into this node's copy; returns the new digest.
+    /// Merges `incoming` into this node's copy, in place; returns the new
+    /// digest. Nothing is written when the merge changes nothing.
     fn merge_object(&mut self, bucket: &str, key: &str, incoming: &Object) -> u64 {
         if let Some(timestamp) = incoming.timestamp() {
             let _ = self.clock.update(timestamp, self.now_ms);
             self.meta_dirty = true;
         }
-        let merged = match self.object(bucket, key) {
-            Some(current) => {
-                let mut merged = current.clone();
-                if !merged.merge_from(incoming) {
-                    return merged_digest(self, bucket, key);
-                }
-                merged
-            }
-            None => incoming.clone(),
+        let Some((current, digest)) = self
+            .store
+            .get_mut(bucket)
+            .and_then(|keys| keys.get_mut(key))
+        else {
+            return self.store_object(bucket, key, incoming.clone());
         };
-        self.store_object(bucket, key, merged)
+        if !current.merge_from(incoming) {
+            return *digest;
+        }
+        let old = *digest;
+        let bytes = current.encode();
+        *digest = StableHasher::hash_bytes(&bytes);
+        let new = *digest;
+        self.persist_object(bucket, key, bytes, Some(old), new);
+        new
     }
 
     /// Replaces this node's copy (already merged) and persists it.
     fn store_object(&mut self, bucket: &str, key: &str, object: Object) -> u64 {
-        let digest = object.digest();
-        let ring_key = ring_key(bucket, key);
-        self.batch.put(DATA, ring_key.clone(), object.encode());
+        let bytes = object.encode();
+        // The same digest as `Object::digest`, without encoding twice.
+        let digest = StableHasher::hash_bytes(&bytes);
         let old = self
             .store
             .entry(bucket.to_string())
             .or_default()
             .insert(key.to_string(), (object, digest))
             .map(|(_, digest)| digest);
-        self.update_trees(bucket, &ring_key, old, Some(digest));
+        self.persist_object(bucket, key, bytes, old, digest);
         digest
+    }
+
+    /// Writes a changed object and moves the Merkle trees from `old` to `new`.
+    fn persist_object(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+        old: Option<u64>,
+        new: u64,
+    ) {
+        let ring_key = ring_key(bucket, key);
+        self.batch.put(DATA, ring_key.clone(), bytes);
+        self.update_trees(bucket, &ring_key, old, Some(new));
     }
 
     fn update_trees(&mut self, bucket: &str, ring_key: &[u8], old: Option<u64>, new: Option<u64>) {
@@ -1806,14 +1829,6 @@ impl Dynamo {
         self.stats.hints_pending = self.hints.len() as u64;
         self.stats.objects = self.store.values().map(|keys| keys.len() as u64).sum();
     }
-}
-
-fn merged_digest(dynamo: &Dynamo, bucket: &str, key: &str) -> u64 {
-    dynamo
-        .store
-        .get(bucket)
-        .and_then(|keys| keys.get(key))
-        .map_or(0, |(_, digest)| *digest)
 }
 
 /// The ids of the entries whose deadline is at or before `now`.

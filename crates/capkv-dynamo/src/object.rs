@@ -24,11 +24,7 @@ impl Object {
     /// faulty peer sends one) is ignored.
     pub fn merge_from(&mut self, other: &Object) -> bool {
         match (self, other) {
-            (Object::Siblings(mine), Object::Siblings(theirs)) => {
-                let before = mine.clone();
-                mine.merge_from(theirs);
-                *mine != before
-            }
+            (Object::Siblings(mine), Object::Siblings(theirs)) => mine.merge_from(theirs),
             (Object::Lww(mine), Object::Lww(theirs)) => {
                 if mine.version() == theirs.version() {
                     // One coordinator never issues a timestamp twice, so

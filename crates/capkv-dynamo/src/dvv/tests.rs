@@ -358,3 +358,18 @@ fn malformed_contexts_are_errors() {
         Err(ContextError::TooLong { .. })
     ));
 }
+
+#[test]
+fn merge_reports_a_change_exactly_when_the_state_changes() {
+    let mut a: DvvSet<Vec<u8>> = DvvSet::new();
+    a.new_write(&VersionVector::new(), b"x".to_vec(), NodeId(1));
+    let mut b = a.clone();
+    b.new_write(a.context(), b"y".to_vec(), NodeId(2));
+    let mut c: DvvSet<Vec<u8>> = DvvSet::new();
+    c.new_write(&VersionVector::new(), b"z".to_vec(), NodeId(3));
+    for (left, right) in [(&a, &a), (&a, &b), (&b, &a), (&a, &c), (&b, &b), (&b, &c)] {
+        let mut merged = left.clone();
+        let changed = merged.merge_from(right);
+        assert_eq!(changed, merged != *left, "{left:?} + {right:?}");
+    }
+}
