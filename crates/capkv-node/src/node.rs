@@ -668,6 +668,13 @@ impl Node {
     /// driver must do: write and sync `batch`, then send and answer.
     pub fn ready(&mut self) -> NodeReady {
         let mut out = NodeReady::default();
+        self.ready_into(&mut out);
+        out
+    }
+
+    /// Like [`Node::ready`], appending to `out`: a driver that hands back
+    /// the emptied vectors of its last turn allocates nothing per turn.
+    pub fn ready_into(&mut self, out: &mut NodeReady) {
         if let Some(boot) = self.boot_unsaved.take() {
             persist::write_boot(&mut out.batch, boot);
         }
@@ -677,7 +684,7 @@ impl Node {
             if !self.raft.has_ready() {
                 break;
             }
-            self.ready_round(&mut out);
+            self.ready_round(out);
         }
         self.maybe_snapshot(&mut out.batch);
         let mut ap_messages = Vec::new();
@@ -696,7 +703,6 @@ impl Node {
                 .into_iter()
                 .map(|(to, message)| (to, PeerMessage::Dynamo(message))),
         );
-        out
     }
 
     fn ready_round(&mut self, out: &mut NodeReady) {

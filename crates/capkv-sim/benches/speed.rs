@@ -9,6 +9,11 @@ use capkv_sim::{Fault, SimConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 
+/// The allocator the `capkv` binary runs with, so that this measures what
+/// `capkv sim` does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn loaded_config(seed: u64, faults: &[Fault]) -> SimConfig {
     let mut config = SimConfig::new(seed, 5);
     config.faults = faults.to_vec();

@@ -214,6 +214,8 @@ struct SimNode {
     paused: bool,
     /// Outputs of the turn whose sync is in flight.
     in_flight: Option<NodeReady>,
+    /// The emptied vectors of the last finished turn, for the next one.
+    spare: NodeReady,
     inbox: VecDeque<Input>,
     /// Which client sent each request, to route answers.
     request_clients: BTreeMap<u64, usize>,
@@ -353,6 +355,7 @@ impl Simulation {
                     storage,
                     paused: false,
                     in_flight: None,
+                    spare: NodeReady::default(),
                     inbox: VecDeque::new(),
                     request_clients: BTreeMap::new(),
                     tick_period: config.tick_ms * MS,
@@ -635,7 +638,8 @@ impl Simulation {
         if !node.has_ready() {
             return;
         }
-        let mut ready = node.ready();
+        let mut ready = std::mem::take(&mut sim_node.spare);
+        node.ready_into(&mut ready);
         let id = sim_node.id;
         let had_batch = !ready.batch.is_empty();
         if had_batch {
@@ -735,17 +739,17 @@ impl Simulation {
 
     fn on_turn_done(&mut self, id: NodeId) {
         let index = self.node_index(id);
-        let Some(ready) = self.nodes[index].in_flight.take() else {
+        let Some(mut ready) = self.nodes[index].in_flight.take() else {
             return; // the node crashed while syncing: its outputs died too
         };
         if let Err(error) = self.nodes[index].storage.sync() {
             panic!("simulated storage cannot fail: {error}");
         }
         self.check_events(index, &ready);
-        for (to, message) in ready.messages {
+        for (to, message) in ready.messages.drain(..) {
             self.send(id, to, message);
         }
-        for (request_id, response) in ready.responses {
+        for (request_id, response) in ready.responses.drain(..) {
             let Some(client) = self.nodes[index].request_clients.remove(&request_id) else {
                 continue;
             };
@@ -759,6 +763,8 @@ impl Simulation {
                 },
             );
         }
+        ready.events.clear();
+        self.nodes[index].spare = ready;
         self.run_turn(index);
     }
 
