@@ -80,6 +80,10 @@ pub enum Response {
 }
 
 /// What nodes say to each other.
+///
+/// The rarer, larger variants are boxed so that the value stays the size of
+/// a Raft message: drivers move every message several times (queues, inboxes)
+/// and the simulator moves millions. Boxing does not change the encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
     /// Raft traffic.
@@ -89,7 +93,7 @@ pub enum PeerMessage {
         /// The follower's id for it.
         forward_id: u64,
         /// The request.
-        request: Request,
+        request: Box<Request>,
     },
     /// The leader's answer to a forwarded request.
     Forwarded {
@@ -99,7 +103,7 @@ pub enum PeerMessage {
         response: Response,
     },
     /// ap traffic.
-    Dynamo(DynamoMessage),
+    Dynamo(Box<DynamoMessage>),
 }
 
 impl PeerMessage {
@@ -422,7 +426,7 @@ impl Node {
                     );
                     return;
                 }
-                self.serve(requester, request);
+                self.serve(requester, *request);
             }
             PeerMessage::Forwarded {
                 forward_id,
@@ -432,7 +436,7 @@ impl Node {
                     self.responses.push((forwarded.request_id, response));
                 }
             }
-            PeerMessage::Dynamo(message) => self.dynamo.handle_message(from, message),
+            PeerMessage::Dynamo(message) => self.dynamo.handle_message(from, *message),
         }
     }
 
@@ -475,7 +479,7 @@ impl Node {
             forward_to,
             PeerMessage::Forward {
                 forward_id,
-                request,
+                request: Box::new(request),
             },
         ));
     }
@@ -701,7 +705,7 @@ impl Node {
         out.messages.extend(
             ap_messages
                 .into_iter()
-                .map(|(to, message)| (to, PeerMessage::Dynamo(message))),
+                .map(|(to, message)| (to, PeerMessage::Dynamo(Box::new(message)))),
         );
     }
 

@@ -52,11 +52,11 @@ fn a_forward_from_a_stranger_is_ignored() {
     let last_before = node.raft().log().last_index();
     let forward = PeerMessage::Forward {
         forward_id: 7,
-        request: Request::Write(Command::Put {
+        request: Box::new(Request::Write(Command::Put {
             bucket: "b".into(),
             key: "k".into(),
             value: b"v".to_vec(),
-        }),
+        })),
     };
     // A stranger's forward is ignored: node 2 is not a voter here.
     node.handle_peer_message(NodeId(2), forward.clone());
@@ -114,10 +114,10 @@ fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
     let from = voters.iter().copied().find(|id| *id != leader).unwrap();
     let forward = PeerMessage::Forward {
         forward_id: 42,
-        request: Request::Write(Command::CreateBucket {
+        request: Box::new(Request::Write(Command::CreateBucket {
             name: "b".into(),
             spec: BucketSpec::cp(3),
-        }),
+        })),
     };
     let before = nodes[leader_index].raft().log().last_index();
     nodes[leader_index].handle_peer_message(from, forward.clone());

@@ -2,7 +2,7 @@ use crate::ap_check::{ApRecord, FinalState};
 use crate::ap_workload::{ApClient, AP_BUCKET, AP_REPLICAS};
 use crate::config::{Fault, SimConfig, Workload};
 use crate::invariants::{RaftInvariants, Violation};
-use crate::workload::{Client, ClientAction, Outcome};
+use crate::workload::{Client, ClientAction};
 use capkv_check::Event as HistoryEvent;
 use capkv_core::{LogIndex, NodeId, Rng, StableHasher, Term};
 use capkv_node::{Node, NodeConfig, NodeEvent, NodeReady, PeerMessage, Request, Response};
@@ -830,13 +830,7 @@ impl Simulation {
             }
         }
         match &mut self.clients[client] {
-            SimClient::Cp(cp) => {
-                for outcome in cp.take_outcomes() {
-                    match outcome {
-                        Outcome::History(event) => self.history.push(event),
-                    }
-                }
-            }
+            SimClient::Cp(cp) => cp.drain_history_into(&mut self.history),
             SimClient::Ap(ap) => self.ap_records.extend(ap.take_records()),
         }
     }

@@ -131,9 +131,10 @@ impl Client {
         }
     }
 
-    /// Events recorded since the last call.
-    pub fn take_outcomes(&mut self) -> Vec<Outcome> {
-        std::mem::take(&mut self.outcomes)
+    /// Moves the events recorded since the last call to the end of
+    /// `history`, keeping this client's buffer for the next ones.
+    pub fn drain_history_into(&mut self, history: &mut Vec<Event>) {
+        history.extend(self.outcomes.drain(..).map(|Outcome::History(event)| event));
     }
 
     fn record(&mut self, kind: EventType, operation: &Operation, value: Value) {
@@ -245,29 +246,35 @@ impl Client {
         request_id: u64,
         response: Response,
     ) -> ClientAction {
-        let State::Waiting {
-            request_id: waiting_for,
-            operation,
-            retries,
-            ..
-        } = &self.state
-        else {
-            return ClientAction::Idle; // late answer to an abandoned request
-        };
-        if *waiting_for != request_id {
-            return ClientAction::Idle;
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Waiting {
+                request_id: waiting_for,
+                operation,
+                retries,
+                ..
+            } if waiting_for == request_id => self.on_answer(now, operation, retries, response),
+            other => {
+                self.state = other; // a late answer to an abandoned request
+                ClientAction::Idle
+            }
         }
-        let operation = operation.clone();
-        let retries = *retries;
+    }
+
+    /// The answer to the operation in flight; the state is already Idle.
+    fn on_answer(
+        &mut self,
+        now: Micros,
+        operation: Operation,
+        retries: u32,
+        response: Response,
+    ) -> ClientAction {
         match response {
             Response::Applied(Applied::CasFailed { .. }) => {
                 self.record(EventType::Fail, &operation, operation.value.clone());
-                self.state = State::Idle;
                 self.think()
             }
             Response::Applied(Applied::BucketReady { .. }) if !operation.recorded => {
                 self.bucket_ready = true;
-                self.state = State::Idle;
                 self.think()
             }
             Response::Applied(_) => {
@@ -275,14 +282,12 @@ impl Client {
                     self.last_seen.insert(operation.key.clone(), new);
                 }
                 self.record(EventType::Ok, &operation, operation.value.clone());
-                self.state = State::Idle;
                 self.think()
             }
             Response::Value(versioned) => {
                 let value = versioned.map_or(Value::Null, |v| decode_value(&v.value));
                 self.last_seen.insert(operation.key.clone(), value.clone());
                 self.record(EventType::Ok, &operation, value);
-                self.state = State::Idle;
                 self.think()
             }
             Response::Failed(RequestError::NotLeader { leader }) if retries < RETRIES_MAX => {
@@ -298,7 +303,6 @@ impl Client {
             Response::Failed(_) | Response::Ap(_) => {
                 // Definitely not applied (dropped, invalid, or out of retries).
                 self.record(EventType::Fail, &operation, operation.value.clone());
-                self.state = State::Idle;
                 self.think()
             }
         }
@@ -390,9 +394,7 @@ impl Client {
             State::Idle => return,
         };
         self.give_up(&operation);
-        for Outcome::History(event) in self.take_outcomes() {
-            history.push(event);
-        }
+        self.drain_history_into(history);
     }
 }
 
