@@ -1022,7 +1022,9 @@ impl Raft {
     /// `force` sends even an empty append (used by leadership transfer).
     /// Returns true when it pipelined entries, so another append may follow.
     fn send_append(&mut self, to: NodeId, force: bool) -> bool {
-        let Some(progress) = self.progress.get(&to) else {
+        // One map lookup serves the whole function: this runs for every
+        // append to every follower.
+        let Some(progress) = self.progress.get_mut(&to) else {
             return false;
         };
         if progress.is_paused(self.config.inflight_messages_max) {
@@ -1040,29 +1042,27 @@ impl Raft {
             self.send_snapshot(to);
             return false;
         };
+        let commit = self.log.committed;
         if entries.is_empty()
             && !force
             && progress.matched == prev_index
-            && progress.commit_sent >= self.log.committed
+            && progress.commit_sent >= commit
         {
             // The follower has every entry and already heard of this commit.
             return false;
         }
         let pipelined = progress.state == ProgressState::Replicate && !entries.is_empty();
         let last = entries.last().map_or(prev_index, |entry| entry.index);
-        let commit = self.log.committed;
-        if let Some(progress) = self.progress.get_mut(&to) {
-            progress.commit_sent = commit;
-            match progress.state {
-                ProgressState::Replicate => {
-                    if !entries.is_empty() {
-                        progress.next = last.next();
-                        progress.inflight.push_back(last);
-                    }
+        progress.commit_sent = commit;
+        match progress.state {
+            ProgressState::Replicate => {
+                if !entries.is_empty() {
+                    progress.next = last.next();
+                    progress.inflight.push_back(last);
                 }
-                ProgressState::Probe => progress.probe_sent = true,
-                ProgressState::Snapshot { .. } => {}
             }
+            ProgressState::Probe => progress.probe_sent = true,
+            ProgressState::Snapshot { .. } => {}
         }
         self.send(
             to,
