@@ -139,6 +139,10 @@ pub struct Raft {
     broadcast_pending: bool,
     /// The other voters, in configuration order.
     peers: Vec<NodeId>,
+    /// Leader: `progress[peer].matched` of each peer, in `peers` order. A
+    /// copy, because `maybe_commit` runs on every acknowledgement and every
+    /// `advance`, and walking the progress map each time showed in profiles.
+    peer_matched: Vec<LogIndex>,
     /// Leader: reused by `maybe_commit`.
     matched_scratch: Vec<LogIndex>,
     /// Leader: reused by `release_confirmed_reads`.
@@ -198,6 +202,7 @@ impl Raft {
                 .copied()
                 .filter(|id| *id != config.id)
                 .collect(),
+            peer_matched: Vec::new(),
             matched_scratch: Vec::new(),
             rounds_scratch: Vec::new(),
             last_soft_state: soft,
@@ -559,9 +564,6 @@ impl Raft {
                 hint_index,
                 hint_term,
             } => {
-                if let Some(progress) = self.progress.get_mut(&from) {
-                    progress.recent_active = true;
-                }
                 if reject {
                     self.handle_append_rejected(from, index, hint_index, hint_term);
                 } else {
@@ -613,6 +615,8 @@ impl Raft {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
+        // Any answer shows the follower is alive (CheckQuorum).
+        progress.recent_active = true;
         if !progress.maybe_update(index) {
             // A duplicate or stale acknowledgement: nothing learned.
             return;
@@ -627,7 +631,9 @@ impl Raft {
             }
             _ => {}
         }
-        let caught_up = progress.matched == last_index;
+        let matched = progress.matched;
+        self.set_peer_matched(from, matched);
+        let caught_up = matched == last_index;
         if self.maybe_commit() {
             self.broadcast_append();
         } else {
@@ -636,6 +642,14 @@ impl Raft {
         }
         if caught_up && self.transfer_target == Some(from) {
             self.send(from, MessageBody::TimeoutNow);
+        }
+    }
+
+    /// Keeps `peer_matched` in step with the progress map.
+    fn set_peer_matched(&mut self, peer: NodeId, matched: LogIndex) {
+        let slot = self.peers.iter().position(|id| *id == peer);
+        if let Some(copy) = slot.and_then(|slot| self.peer_matched.get_mut(slot)) {
+            *copy = matched;
         }
     }
 
@@ -650,6 +664,7 @@ impl Raft {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
+        progress.recent_active = true;
         if progress.maybe_decrease_to(rejected, next_hint) {
             self.send_append(from, false);
         }
@@ -823,6 +838,7 @@ impl Raft {
         self.leader = None;
         self.votes.clear();
         self.progress.clear();
+        self.peer_matched.clear();
         self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
         self.randomized_election_timeout_ticks = self.config.election_timeout_ticks
@@ -919,6 +935,7 @@ impl Raft {
             // Count every follower active at the start of the term, so the
             // first CheckQuorum looks at a whole election timeout.
             progress.recent_active = true;
+            self.peer_matched.push(progress.matched);
             self.progress.insert(peer, progress);
         }
         // §5.4.2 / §6.4: an entry of our own term, so that earlier entries
@@ -936,7 +953,7 @@ impl Raft {
         // acknowledgement, and allocating each time showed in profiles.
         let mut matched = std::mem::take(&mut self.matched_scratch);
         matched.clear();
-        matched.extend(self.progress.values().map(|p| p.matched));
+        matched.extend_from_slice(&self.peer_matched);
         // The leader counts only what it has itself made durable.
         matched.push(self.log.stable);
         matched.sort_unstable_by(|a, b| b.cmp(a));
