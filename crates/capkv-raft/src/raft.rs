@@ -949,6 +949,9 @@ impl Raft {
     /// Commits the highest index a quorum has made durable, provided it is of
     /// the current term (§5.4.2). Returns true when the commit index moved.
     fn maybe_commit(&mut self) -> bool {
+        if !self.quorum_beyond_commit() {
+            return false;
+        }
         // A scratch vector kept between calls: this runs on every
         // acknowledgement, and allocating each time showed in profiles.
         let mut matched = std::mem::take(&mut self.matched_scratch);
@@ -973,6 +976,18 @@ impl Raft {
             }
         }
         true
+    }
+
+    /// True when a quorum has made durable some index past the commit index:
+    /// only then can the quorum's highest such index pass it. Most calls
+    /// (every `advance`, every acknowledgement after the quorum's) end
+    /// here, without sorting.
+    fn quorum_beyond_commit(&self) -> bool {
+        let committed = self.log.committed;
+        let followers = self.peer_matched.iter().filter(|m| **m > committed);
+        // The leader counts only what it has itself made durable.
+        let leader = usize::from(self.log.stable > committed);
+        followers.count() + leader >= self.quorum()
     }
 
     fn broadcast_append(&mut self) {
