@@ -112,16 +112,19 @@ impl RaftLog {
             return None;
         }
         let start = (from.0 - self.first_index().0) as usize;
-        let mut out = Vec::new();
+        let available = self.entries.get(start..).unwrap_or_default();
+        // Counting first lets the copy allocate once, at the exact size: this
+        // runs for every append to every follower.
+        let mut count = 0;
         let mut bytes = 0;
-        for entry in self.entries.iter().skip(start).take(count_max) {
+        for entry in available.iter().take(count_max) {
             bytes += entry.size_bytes();
-            if !out.is_empty() && bytes > bytes_max {
+            if count > 0 && bytes > bytes_max {
                 break;
             }
-            out.push(entry.clone());
+            count += 1;
         }
-        Some(out)
+        Some(available[..count].to_vec())
     }
 
     /// Entries `from..=to` (both must be held).

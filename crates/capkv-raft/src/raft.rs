@@ -139,6 +139,10 @@ pub struct Raft {
     broadcast_pending: bool,
     /// The other voters, in configuration order.
     peers: Vec<NodeId>,
+    /// Leader: `progress[peer].matched` of each peer, in `peers` order. A
+    /// copy, because `maybe_commit` runs on every acknowledgement and every
+    /// `advance`, and walking the progress map each time showed in profiles.
+    peer_matched: Vec<LogIndex>,
     /// Leader: reused by `maybe_commit`.
     matched_scratch: Vec<LogIndex>,
     /// Leader: reused by `release_confirmed_reads`.
@@ -198,6 +202,7 @@ impl Raft {
                 .copied()
                 .filter(|id| *id != config.id)
                 .collect(),
+            peer_matched: Vec::new(),
             matched_scratch: Vec::new(),
             rounds_scratch: Vec::new(),
             last_soft_state: soft,
@@ -559,9 +564,6 @@ impl Raft {
                 hint_index,
                 hint_term,
             } => {
-                if let Some(progress) = self.progress.get_mut(&from) {
-                    progress.recent_active = true;
-                }
                 if reject {
                     self.handle_append_rejected(from, index, hint_index, hint_term);
                 } else {
@@ -613,6 +615,8 @@ impl Raft {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
+        // Any answer shows the follower is alive (CheckQuorum).
+        progress.recent_active = true;
         if !progress.maybe_update(index) {
             // A duplicate or stale acknowledgement: nothing learned.
             return;
@@ -627,7 +631,9 @@ impl Raft {
             }
             _ => {}
         }
-        let caught_up = progress.matched == last_index;
+        let matched = progress.matched;
+        self.set_peer_matched(from, matched);
+        let caught_up = matched == last_index;
         if self.maybe_commit() {
             self.broadcast_append();
         } else {
@@ -636,6 +642,14 @@ impl Raft {
         }
         if caught_up && self.transfer_target == Some(from) {
             self.send(from, MessageBody::TimeoutNow);
+        }
+    }
+
+    /// Keeps `peer_matched` in step with the progress map.
+    fn set_peer_matched(&mut self, peer: NodeId, matched: LogIndex) {
+        let slot = self.peers.iter().position(|id| *id == peer);
+        if let Some(copy) = slot.and_then(|slot| self.peer_matched.get_mut(slot)) {
+            *copy = matched;
         }
     }
 
@@ -650,6 +664,7 @@ impl Raft {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
+        progress.recent_active = true;
         if progress.maybe_decrease_to(rejected, next_hint) {
             self.send_append(from, false);
         }
@@ -823,6 +838,7 @@ impl Raft {
         self.leader = None;
         self.votes.clear();
         self.progress.clear();
+        self.peer_matched.clear();
         self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
         self.randomized_election_timeout_ticks = self.config.election_timeout_ticks
@@ -919,6 +935,7 @@ impl Raft {
             // Count every follower active at the start of the term, so the
             // first CheckQuorum looks at a whole election timeout.
             progress.recent_active = true;
+            self.peer_matched.push(progress.matched);
             self.progress.insert(peer, progress);
         }
         // §5.4.2 / §6.4: an entry of our own term, so that earlier entries
@@ -932,11 +949,14 @@ impl Raft {
     /// Commits the highest index a quorum has made durable, provided it is of
     /// the current term (§5.4.2). Returns true when the commit index moved.
     fn maybe_commit(&mut self) -> bool {
+        if !self.quorum_beyond_commit() {
+            return false;
+        }
         // A scratch vector kept between calls: this runs on every
         // acknowledgement, and allocating each time showed in profiles.
         let mut matched = std::mem::take(&mut self.matched_scratch);
         matched.clear();
-        matched.extend(self.progress.values().map(|p| p.matched));
+        matched.extend_from_slice(&self.peer_matched);
         // The leader counts only what it has itself made durable.
         matched.push(self.log.stable);
         matched.sort_unstable_by(|a, b| b.cmp(a));
@@ -956,6 +976,18 @@ impl Raft {
             }
         }
         true
+    }
+
+    /// True when a quorum has made durable some index past the commit index:
+    /// only then can the quorum's highest such index pass it. Most calls
+    /// (every `advance`, every acknowledgement after the quorum's) end
+    /// here, without sorting.
+    fn quorum_beyond_commit(&self) -> bool {
+        let committed = self.log.committed;
+        let followers = self.peer_matched.iter().filter(|m| **m > committed);
+        // The leader counts only what it has itself made durable.
+        let leader = usize::from(self.log.stable > committed);
+        followers.count() + leader >= self.quorum()
     }
 
     fn broadcast_append(&mut self) {
@@ -1022,7 +1054,9 @@ impl Raft {
     /// `force` sends even an empty append (used by leadership transfer).
     /// Returns true when it pipelined entries, so another append may follow.
     fn send_append(&mut self, to: NodeId, force: bool) -> bool {
-        let Some(progress) = self.progress.get(&to) else {
+        // One map lookup serves the whole function: this runs for every
+        // append to every follower.
+        let Some(progress) = self.progress.get_mut(&to) else {
             return false;
         };
         if progress.is_paused(self.config.inflight_messages_max) {
@@ -1040,29 +1074,27 @@ impl Raft {
             self.send_snapshot(to);
             return false;
         };
+        let commit = self.log.committed;
         if entries.is_empty()
             && !force
             && progress.matched == prev_index
-            && progress.commit_sent >= self.log.committed
+            && progress.commit_sent >= commit
         {
             // The follower has every entry and already heard of this commit.
             return false;
         }
         let pipelined = progress.state == ProgressState::Replicate && !entries.is_empty();
         let last = entries.last().map_or(prev_index, |entry| entry.index);
-        let commit = self.log.committed;
-        if let Some(progress) = self.progress.get_mut(&to) {
-            progress.commit_sent = commit;
-            match progress.state {
-                ProgressState::Replicate => {
-                    if !entries.is_empty() {
-                        progress.next = last.next();
-                        progress.inflight.push_back(last);
-                    }
+        progress.commit_sent = commit;
+        match progress.state {
+            ProgressState::Replicate => {
+                if !entries.is_empty() {
+                    progress.next = last.next();
+                    progress.inflight.push_back(last);
                 }
-                ProgressState::Probe => progress.probe_sent = true,
-                ProgressState::Snapshot { .. } => {}
             }
+            ProgressState::Probe => progress.probe_sent = true,
+            ProgressState::Snapshot { .. } => {}
         }
         self.send(
             to,
@@ -1179,11 +1211,20 @@ impl Raft {
             hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
             snapshot,
             entries: self.log.unstable_entries(),
-            messages: std::mem::take(&mut self.outbox),
+            messages: self.take_messages(),
             committed_entries: self.log.range(self.log.applied.next(), apply_to),
             read_states: std::mem::take(&mut self.read_states),
             soft_state: (soft_state != self.last_soft_state).then_some(soft_state),
         }
+    }
+
+    /// Moves the outbox's messages into a vector of their own, sized exactly.
+    /// The outbox keeps its buffer: handing the buffer itself out made every
+    /// turn grow a fresh vector message by message, which showed in profiles.
+    fn take_messages(&mut self) -> Vec<Message> {
+        let mut messages = Vec::with_capacity(self.outbox.len());
+        messages.append(&mut self.outbox);
+        messages
     }
 
     /// The driver has carried out `ready`: its state is durable, its
