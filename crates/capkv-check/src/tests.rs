@@ -131,6 +131,31 @@ fn a_read_sees_the_last_completed_write() {
     );
 }
 
+/// Values are told apart as their JSON texts are: by type, by integer or
+/// float form, and by the sign of a float zero.
+#[test]
+fn values_equal_only_when_their_json_texts_are() {
+    for (written, read_back) in [
+        (json!(1), json!(1)),
+        (json!(-5), json!(-5)),
+        (json!(1.5), json!(1.5)),
+        (json!(u64::MAX), json!(u64::MAX)),
+        (json!("1"), json!("1")),
+    ] {
+        let events = history(vec![write(0, written), read(1, read_back)]);
+        assert!(matches!(check(&events), Verdict::Linearizable { .. }));
+    }
+    for (written, read_back) in [
+        (json!(1), json!("1")),
+        (json!(1), json!(1.0)),
+        (json!(0.0), json!(-0.0)),
+        (json!(-1), json!(u64::MAX)),
+    ] {
+        let events = history(vec![write(0, written), read(1, read_back)]);
+        assert!(matches!(check(&events), Verdict::NotLinearizable(_)));
+    }
+}
+
 #[test]
 fn a_read_concurrent_with_a_write_may_see_the_old_or_the_new_value() {
     for seen in [Value::Null, json!(1)] {
