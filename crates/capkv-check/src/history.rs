@@ -1,6 +1,7 @@
 //! Splitting a validated history into one register history per key, with
 //! values interned to small integers, and preparing it for the search.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use serde_json::{Number, Value};
@@ -94,34 +95,19 @@ impl KeyHistory {
                 if let Some(id) = self.string_ids.get(text.as_str()) {
                     return *id;
                 }
-                let id = self.push_value(value);
+                let id = push_value(&mut self.values, value);
                 self.string_ids.insert(text.clone(), id);
                 id
             }
-            Value::Number(number) => {
-                let key = NumberKey::of(number);
-                if let Some(id) = self.number_ids.get(&key) {
-                    return *id;
-                }
-                let id = self.push_value(value);
-                self.number_ids.insert(key, id);
-                id
-            }
+            Value::Number(number) => match self.number_ids.entry(NumberKey::of(number)) {
+                Entry::Occupied(known) => *known.get(),
+                Entry::Vacant(new) => *new.insert(push_value(&mut self.values, value)),
+            },
             _ => {
                 assert!(value.is_null(), "validated: values are scalars");
                 ABSENT
             }
         }
-    }
-
-    /// Gives `value` the next id.
-    fn push_value(&mut self, value: &Value) -> ValueId {
-        let id = ValueId::try_from(self.values.len())
-            .ok()
-            .filter(|&id| id != UNOBSERVED)
-            .expect("a key has fewer distinct values than u32::MAX: events_max keeps it so");
-        self.values.push(value.clone());
-        id
     }
 
     fn model_op_at_invoke(&mut self, event: &Event) -> ModelOp {
@@ -211,6 +197,16 @@ impl KeyHistory {
         }
         observed
     }
+}
+
+/// Gives `value` the next id in `values`.
+fn push_value(values: &mut Vec<Value>, value: &Value) -> ValueId {
+    let id = ValueId::try_from(values.len())
+        .ok()
+        .filter(|&id| id != UNOBSERVED)
+        .expect("a key has fewer distinct values than u32::MAX: events_max keeps it so");
+    values.push(value.clone());
+    id
 }
 
 /// A validated history, split per key.

@@ -1,7 +1,6 @@
 //! Reading JSON lines into events, and the pairing rules every history must
 //! follow before it can be checked.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io::{BufRead, Read};
 use std::rc::Rc;
@@ -141,14 +140,40 @@ impl Keys {
     }
 }
 
+/// Process ids below this are looked up in a vector: histories number their
+/// processes from 0 up, and a vector slot costs far less than hashing the id
+/// at every event. Larger ids go to a map, so no id can make the vector big.
+const DIRECT_PROCESS_IDS: u64 = 4096;
+
+/// Where each process stands: `None` while it is idle.
+#[derive(Default)]
+struct Processes {
+    /// By id, for ids below [`DIRECT_PROCESS_IDS`].
+    direct: Vec<Option<ProcessState>>,
+    /// The others; an idle one may keep its entry.
+    others: HashMap<u64, Option<ProcessState>>,
+}
+
+impl Processes {
+    fn state(&mut self, process: u64) -> &mut Option<ProcessState> {
+        if process >= DIRECT_PROCESS_IDS {
+            return self.others.entry(process).or_default();
+        }
+        let index = process as usize;
+        if index >= self.direct.len() {
+            self.direct.resize_with(index + 1, || None);
+        }
+        &mut self.direct[index]
+    }
+}
+
 /// Checks the pairing rules and the limits, one event at a time, in history
 /// order. Shared by [`parse_history`] and [`crate::check_events`], so a
 /// simulator that builds events itself gets the same checks.
 pub(crate) struct Validator<'limits> {
     limits: &'limits Limits,
     events_count: usize,
-    /// Processes that have an open operation or are closed; idle ones are absent.
-    processes: HashMap<u64, ProcessState>,
+    processes: Processes,
     keys: Keys,
 }
 
@@ -157,7 +182,7 @@ impl<'limits> Validator<'limits> {
         Validator {
             limits,
             events_count: 0,
-            processes: HashMap::new(),
+            processes: Processes::default(),
             keys: Keys::default(),
         }
     }
@@ -189,10 +214,10 @@ impl<'limits> Validator<'limits> {
     /// Looks the process up once (this runs for every event of every
     /// simulated history) and opens the operation in the slot it found.
     fn accept_invoke(&mut self, event: &Event, line: usize) -> Result<Accepted, InputError> {
-        let slot = match self.processes.entry(event.process) {
-            Entry::Occupied(state) => return Err(invoke_while_busy(event, line, state.get())),
-            Entry::Vacant(slot) => slot,
-        };
+        let state = self.processes.state(event.process);
+        if let Some(busy) = state {
+            return Err(invoke_while_busy(event, line, busy));
+        }
         let key_index = self.keys.index_or_insert(&event.key, line, self.limits)?;
         let invokes = &mut self.keys.invokes[key_index];
         let key_operation = *invokes;
@@ -206,7 +231,7 @@ impl<'limits> Validator<'limits> {
                 ),
             ));
         }
-        slot.insert(ProcessState::Open {
+        *state = Some(ProcessState::Open {
             f: event.f,
             key_index,
             key_operation,
@@ -220,15 +245,13 @@ impl<'limits> Validator<'limits> {
 
     fn accept_completion(&mut self, event: &Event, line: usize) -> Result<Accepted, InputError> {
         let type_name = type_name(event.kind);
-        let Entry::Occupied(mut state) = self.processes.entry(event.process) else {
-            return Err(no_open_invoke(event, line));
-        };
-        let ProcessState::Open {
+        let state = self.processes.state(event.process);
+        let Some(ProcessState::Open {
             f,
             key_index,
             key_operation,
             line: invoke_line,
-        } = *state.get()
+        }) = *state
         else {
             return Err(no_open_invoke(event, line));
         };
@@ -245,11 +268,7 @@ impl<'limits> Validator<'limits> {
                 ),
             ));
         }
-        if event.kind == EventType::Info {
-            state.insert(ProcessState::Closed { line });
-        } else {
-            state.remove();
-        }
+        *state = (event.kind == EventType::Info).then_some(ProcessState::Closed { line });
         Ok(Accepted {
             key_index,
             key_operation,

@@ -515,6 +515,29 @@ fn an_invoke_after_info_on_the_same_process_is_rejected() {
     assert_rejected(&input, 3, "new process id");
 }
 
+/// The validator keeps small process ids in a table and others in a map:
+/// both follow the same rules.
+#[test]
+fn large_process_ids_follow_the_pairing_rules() {
+    for process in [0, 4095, 4096, u64::MAX] {
+        assert_linearizable(&history(vec![
+            write(process, json!(1)),
+            read(process, json!(1)),
+        ]));
+        let read_invoke = invoke(process, OpKind::Read, Value::Null);
+        let input = lines(&[read_invoke.clone(), read_invoke.clone()]);
+        assert_rejected(&input, 2, "still open");
+        let input = lines(&[
+            invoke(process, OpKind::Write, json!(1)),
+            info(process, OpKind::Write, json!(1)),
+            read_invoke,
+        ]);
+        assert_rejected(&input, 3, "new process id");
+        let input = lines(&[ok(process, OpKind::Read, Value::Null)]);
+        assert_rejected(&input, 1, "no open invoke");
+    }
+}
+
 #[test]
 fn a_cas_value_of_the_wrong_shape_is_rejected() {
     for value in [
