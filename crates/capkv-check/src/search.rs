@@ -33,7 +33,7 @@
 //! writes that differ only in which unobserved value is left collapse into
 //! one cached state.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// An interned register value; [`ABSENT`] is the absent key (JSON null).
@@ -50,8 +50,8 @@ pub(crate) const UNOBSERVED: ValueId = ValueId::MAX;
 /// without remembering new states: still correct, possibly slower.
 pub(crate) const CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-/// Bytes a cache entry costs beyond its words: the boxed slice's pointer
-/// and length in the table, and the table's control byte and spare room.
+/// Bytes a cache entry costs beyond its words: its length and link words in
+/// the arena, and the hash, offset and control byte of its table slot.
 const CACHE_ENTRY_OVERHEAD_BYTES: usize = 32;
 
 const HEAD: usize = 0;
@@ -285,7 +285,66 @@ impl Hasher for WordHasher {
     }
 }
 
-type Cache = HashSet<Box<[u64]>, BuildHasherDefault<WordHasher>>;
+/// The memo cache: a set of keys of words. The keys live end to end in one
+/// arena, each after its length and the offset of the previous key with
+/// the same hash, so remembering a state allocates nothing of its own and
+/// dropping the cache frees two blocks, not one per state.
+#[derive(Default)]
+struct Cache {
+    arena: Vec<u64>,
+    /// A key's hash to the offset of the latest key with that hash.
+    latest: HashMap<u64, usize, BuildHasherDefault<WordHasher>>,
+}
+
+impl Cache {
+    fn hash(key: &[u64]) -> u64 {
+        let mut hasher = WordHasher::default();
+        for &word in key {
+            hasher.add(word);
+        }
+        hasher.finish()
+    }
+
+    /// Whether `key`, whose hash is `hash`, is in the cache.
+    fn contains(&self, hash: u64, key: &[u64]) -> bool {
+        let mut offset = self.latest.get(&hash).copied().unwrap_or(NIL);
+        while offset != NIL {
+            if self.key_at(offset) == key {
+                return true;
+            }
+            offset = self.arena[offset + 1] as usize;
+        }
+        false
+    }
+
+    /// Adds `key`, whose hash is `hash` and which is not in the cache yet.
+    fn insert(&mut self, hash: u64, key: &[u64]) {
+        let offset = self.arena.len();
+        let previous = std::mem::replace(self.latest.entry(hash).or_insert(NIL), offset);
+        self.arena.push(key.len() as u64);
+        self.arena.push(previous as u64);
+        self.arena.extend_from_slice(key);
+    }
+
+    /// The key stored at `offset`.
+    fn key_at(&self, offset: usize) -> &[u64] {
+        let start = offset + 2;
+        &self.arena[start..start + self.arena[offset] as usize]
+    }
+
+    /// Every key, in the order they were added.
+    #[cfg(test)]
+    fn keys(&self) -> impl Iterator<Item = &[u64]> {
+        let mut offset = 0;
+        std::iter::from_fn(move || {
+            (offset < self.arena.len()).then(|| {
+                let key = self.key_at(offset);
+                offset += 2 + key.len();
+                key
+            })
+        })
+    }
+}
 
 struct Search<'ops> {
     ops: &'ops [SearchOp],
@@ -856,13 +915,13 @@ impl<'ops> Search<'ops> {
             self.key_buffer
                 .extend_from_slice(&self.placed_mandatory[first_word..end_word]);
         }
-        if self.cache.contains(self.key_buffer.as_slice()) {
+        let hash = Cache::hash(&self.key_buffer);
+        if self.cache.contains(hash, &self.key_buffer) {
             return false;
         }
         let entry_bytes = self.key_buffer.len() * 8 + CACHE_ENTRY_OVERHEAD_BYTES;
         if self.cache_bytes + entry_bytes <= CACHE_BYTES_MAX {
-            self.cache
-                .insert(self.key_buffer.clone().into_boxed_slice());
+            self.cache.insert(hash, &self.key_buffer);
             self.cache_bytes += entry_bytes;
         }
         true
@@ -1015,6 +1074,7 @@ mod tests {
             assert!(search_state.try_place_mandatory(mandatory_index).is_some());
         }
         // Value, low mark, and no optional or window words.
-        assert!(search_state.cache.iter().all(|key| key.len() <= 3));
+        assert_eq!(search_state.cache.keys().count(), ops.len());
+        assert!(search_state.cache.keys().all(|key| key.len() <= 3));
     }
 }
