@@ -428,7 +428,10 @@ impl<'ops> Search<'ops> {
                 mandatory_index,
             });
         }
-        entries.sort_by_key(|entry| entry.position);
+        // Every entry is a distinct event of the history, so positions are
+        // unique and an unstable sort, which needs no scratch buffer, gives
+        // the one order.
+        entries.sort_unstable_by_key(|entry| entry.position);
         let mut call_node = vec![NIL; mandatory.len()];
         let mut return_node = vec![NIL; mandatory.len()];
         for (offset, entry) in entries.iter().enumerate() {
