@@ -33,7 +33,8 @@
 //! writes that differ only in which unobserved value is left collapse into
 //! one cached state.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// An interned register value; [`ABSENT`] is the absent key (JSON null).
@@ -409,29 +410,7 @@ impl<'ops> Search<'ops> {
             );
         }
 
-        let mut entries = Vec::with_capacity(2 * mandatory.len());
-        for (mandatory_index, &index) in mandatory.iter().enumerate() {
-            let op = &ops[index];
-            let return_position = op.return_position.expect("mandatory ops have a return");
-            assert!(
-                op.call_position < return_position,
-                "an operation returns after its call"
-            );
-            entries.push(Entry {
-                position: op.call_position,
-                is_call: true,
-                mandatory_index,
-            });
-            entries.push(Entry {
-                position: return_position,
-                is_call: false,
-                mandatory_index,
-            });
-        }
-        // Every entry is a distinct event of the history, so positions are
-        // unique and an unstable sort, which needs no scratch buffer, gives
-        // the one order.
-        entries.sort_unstable_by_key(|entry| entry.position);
+        let entries = entries_by_position(ops, &mandatory);
         let mut call_node = vec![NIL; mandatory.len()];
         let mut return_node = vec![NIL; mandatory.len()];
         for (offset, entry) in entries.iter().enumerate() {
@@ -929,6 +908,50 @@ impl<'ops> Search<'ops> {
         }
         true
     }
+}
+
+/// The call and return entries of the `mandatory` operations (indexes into
+/// `ops`, by call position), by position. Calls come in order already, so
+/// each return is merged in from a heap of the returns still to come, just
+/// before the first call after it: a cost in the log of the concurrency,
+/// not of the history. Every entry is a distinct event of the history, so
+/// no two positions are equal.
+fn entries_by_position(ops: &[SearchOp], mandatory: &[usize]) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(2 * mandatory.len());
+    let mut returns = BinaryHeap::new();
+    for (mandatory_index, &index) in mandatory.iter().enumerate() {
+        let op = &ops[index];
+        let return_position = op.return_position.expect("mandatory ops have a return");
+        assert!(
+            op.call_position < return_position,
+            "an operation returns after its call"
+        );
+        while let Some(Reverse((position, returning))) = returns.peek().copied() {
+            if position > op.call_position {
+                break;
+            }
+            returns.pop();
+            entries.push(Entry {
+                position,
+                is_call: false,
+                mandatory_index: returning,
+            });
+        }
+        entries.push(Entry {
+            position: op.call_position,
+            is_call: true,
+            mandatory_index,
+        });
+        returns.push(Reverse((return_position, mandatory_index)));
+    }
+    while let Some(Reverse((position, returning))) = returns.pop() {
+        entries.push(Entry {
+            position,
+            is_call: false,
+            mandatory_index: returning,
+        });
+    }
+    entries
 }
 
 /// The value an operation needs the register to hold, if any.
