@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use serde_json::{Number, Value};
 
@@ -56,11 +57,24 @@ pub(crate) struct KeyHistory {
 /// JSON, have distinct shortest texts exactly when their bits differ (so
 /// `0.0` is not `-0.0`). This relies on serde_json without its
 /// `arbitrary_precision` feature, where a number is one of these three.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum NumberKey {
     Unsigned(u64),
     Negative(i64),
     Float(u64),
+}
+
+/// Hashes the payload alone, one word: numbers of different kinds whose
+/// words agree merely share a bucket, and equality tells them apart.
+impl Hash for NumberKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let word = match *self {
+            NumberKey::Unsigned(unsigned) => unsigned,
+            NumberKey::Negative(negative) => negative as u64,
+            NumberKey::Float(bits) => bits,
+        };
+        state.write_u64(word);
+    }
 }
 
 impl NumberKey {

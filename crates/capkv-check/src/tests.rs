@@ -150,6 +150,7 @@ fn values_equal_only_when_their_json_texts_are() {
         (json!(1), json!(1.0)),
         (json!(0.0), json!(-0.0)),
         (json!(-1), json!(u64::MAX)),
+        (json!(1.0_f64.to_bits()), json!(1.0)),
     ] {
         let events = history(vec![write(0, written), read(1, read_back)]);
         assert!(matches!(check(&events), Verdict::NotLinearizable(_)));
