@@ -1,9 +1,11 @@
 //! Splitting a validated history into one register history per key, with
 //! values interned to small integers, and preparing it for the search.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 use crate::event::{Event, EventType, InputError, Limits, OpKind};
 use crate::parse::Validator;
@@ -42,8 +44,49 @@ pub(crate) struct KeyHistory {
     pub operations: Vec<KeyOperation>,
     /// Interned values: `values[id]` is the JSON value of `id`; id 0 is null.
     pub values: Vec<Value>,
-    /// Canonical JSON text of each interned value, to its id.
-    value_ids: HashMap<String, ValueId>,
+    /// Interned strings, to their ids: looked up by `&str`, so a value seen
+    /// before costs no allocation.
+    string_ids: HashMap<String, ValueId>,
+    /// Interned numbers, to their ids.
+    number_ids: HashMap<NumberKey, ValueId>,
+}
+
+/// A JSON number as the interning table tells numbers apart: exactly when
+/// their canonical JSON text differs. An integer is never equal to a float
+/// (`1` is not `1.0`, whose text differs), and floats, which are finite in
+/// JSON, have distinct shortest texts exactly when their bits differ (so
+/// `0.0` is not `-0.0`). This relies on serde_json without its
+/// `arbitrary_precision` feature, where a number is one of these three.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NumberKey {
+    Unsigned(u64),
+    Negative(i64),
+    Float(u64),
+}
+
+/// Hashes the payload alone, one word: numbers of different kinds whose
+/// words agree merely share a bucket, and equality tells them apart.
+impl Hash for NumberKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let word = match *self {
+            NumberKey::Unsigned(unsigned) => unsigned,
+            NumberKey::Negative(negative) => negative as u64,
+            NumberKey::Float(bits) => bits,
+        };
+        state.write_u64(word);
+    }
+}
+
+impl NumberKey {
+    fn of(number: &Number) -> Self {
+        if let Some(unsigned) = number.as_u64() {
+            NumberKey::Unsigned(unsigned)
+        } else if let Some(negative) = number.as_i64() {
+            NumberKey::Negative(negative)
+        } else {
+            NumberKey::Float(number.as_f64().map_or(0, f64::to_bits))
+        }
+    }
 }
 
 impl KeyHistory {
@@ -52,29 +95,33 @@ impl KeyHistory {
             key,
             operations: Vec::new(),
             values: vec![Value::Null],
-            value_ids: HashMap::new(),
+            string_ids: HashMap::new(),
+            number_ids: HashMap::new(),
         }
     }
 
     /// Values compare as JSON values: the string "1" and the number 1 are
-    /// different, and so are 1 and 1.0, exactly as `serde_json::Value`'s
-    /// equality says. Its serialisation is canonical for scalars, so it keys
-    /// the table.
+    /// different, and so are 1 and 1.0, as their canonical JSON texts are.
+    /// Strings and numbers have a table each, keyed without formatting.
     fn intern(&mut self, value: &Value) -> ValueId {
-        if value.is_null() {
-            return ABSENT;
+        match value {
+            Value::String(text) => {
+                if let Some(id) = self.string_ids.get(text.as_str()) {
+                    return *id;
+                }
+                let id = push_value(&mut self.values, value);
+                self.string_ids.insert(text.clone(), id);
+                id
+            }
+            Value::Number(number) => match self.number_ids.entry(NumberKey::of(number)) {
+                Entry::Occupied(known) => *known.get(),
+                Entry::Vacant(new) => *new.insert(push_value(&mut self.values, value)),
+            },
+            _ => {
+                assert!(value.is_null(), "validated: values are scalars");
+                ABSENT
+            }
         }
-        let text = value.to_string();
-        if let Some(id) = self.value_ids.get(&text) {
-            return *id;
-        }
-        let id = ValueId::try_from(self.values.len())
-            .ok()
-            .filter(|&id| id != UNOBSERVED)
-            .expect("a key has fewer distinct values than u32::MAX: events_max keeps it so");
-        self.values.push(value.clone());
-        self.value_ids.insert(text, id);
-        id
     }
 
     fn model_op_at_invoke(&mut self, event: &Event) -> ModelOp {
@@ -166,6 +213,16 @@ impl KeyHistory {
     }
 }
 
+/// Gives `value` the next id in `values`.
+fn push_value(values: &mut Vec<Value>, value: &Value) -> ValueId {
+    let id = ValueId::try_from(values.len())
+        .ok()
+        .filter(|&id| id != UNOBSERVED)
+        .expect("a key has fewer distinct values than u32::MAX: events_max keeps it so");
+    values.push(value.clone());
+    id
+}
+
 /// A validated history, split per key.
 pub(crate) struct SplitHistory {
     /// Key histories in order of the key's first appearance.
@@ -178,11 +235,9 @@ pub(crate) struct SplitHistory {
 pub(crate) fn split_by_key(events: &[Event], limits: &Limits) -> Result<SplitHistory, InputError> {
     let mut validator = Validator::new(limits);
     let mut keys: Vec<KeyHistory> = Vec::new();
-    // The operation each invoke opened, by the invoke's position.
-    let mut operation_at_invoke: HashMap<usize, usize> = HashMap::new();
     let mut operations_count = 0;
     for (position, event) in events.iter().enumerate() {
-        let accepted = validator.accept(event, position + 1, position)?;
+        let accepted = validator.accept(event, position + 1)?;
         if accepted.key_index == keys.len() {
             keys.push(KeyHistory::new(event.key.clone()));
         }
@@ -191,39 +246,11 @@ pub(crate) fn split_by_key(events: &[Event], limits: &Limits) -> Result<SplitHis
             "key indexes are handed out in order of first appearance"
         );
         let history = &mut keys[accepted.key_index];
-        match accepted.invoke_position {
-            None => {
-                operations_count += 1;
-                let model_op = history.model_op_at_invoke(event);
-                operation_at_invoke.insert(position, history.operations.len());
-                history.operations.push(KeyOperation {
-                    f: event.f,
-                    process: event.process,
-                    model_op,
-                    outcome: Outcome::Unknown,
-                    invoke_position: position,
-                    completion_position: None,
-                });
-            }
-            Some(invoke_position) => {
-                let operation_index = operation_at_invoke
-                    .remove(&invoke_position)
-                    .expect("validated: a completion matches an open invoke");
-                let output = match (event.kind, event.f) {
-                    (EventType::Ok, OpKind::Read) => Some(history.intern(&event.value)),
-                    _ => None,
-                };
-                let operation = &mut history.operations[operation_index];
-                operation.completion_position = Some(position);
-                operation.outcome = match event.kind {
-                    EventType::Ok => Outcome::Ok,
-                    EventType::Fail => Outcome::Fail,
-                    EventType::Info | EventType::Invoke => Outcome::Unknown,
-                };
-                if let (Some(output), ModelOp::Read { .. }) = (output, operation.model_op) {
-                    operation.model_op = ModelOp::Read { output };
-                }
-            }
+        if event.kind == EventType::Invoke {
+            operations_count += 1;
+            history.open(event, position, accepted.key_operation);
+        } else {
+            history.complete(event, position, accepted.key_operation);
         }
     }
     assert_eq!(validator.keys_count(), keys.len(), "one history per key");
@@ -231,4 +258,44 @@ pub(crate) fn split_by_key(events: &[Event], limits: &Limits) -> Result<SplitHis
         keys,
         operations_count,
     })
+}
+
+impl KeyHistory {
+    /// Adds the operation that the invoke `event` at `position` opens, as
+    /// the key's operation number `key_operation`.
+    fn open(&mut self, event: &Event, position: usize, key_operation: usize) {
+        assert_eq!(
+            key_operation,
+            self.operations.len(),
+            "a key's operations are numbered in invoke order"
+        );
+        let model_op = self.model_op_at_invoke(event);
+        self.operations.push(KeyOperation {
+            f: event.f,
+            process: event.process,
+            model_op,
+            outcome: Outcome::Unknown,
+            invoke_position: position,
+            completion_position: None,
+        });
+    }
+
+    /// Records how operation `key_operation` ended, from its completion
+    /// `event` at `position`.
+    fn complete(&mut self, event: &Event, position: usize, key_operation: usize) {
+        let output = match (event.kind, event.f) {
+            (EventType::Ok, OpKind::Read) => Some(self.intern(&event.value)),
+            _ => None,
+        };
+        let operation = &mut self.operations[key_operation];
+        operation.completion_position = Some(position);
+        operation.outcome = match event.kind {
+            EventType::Ok => Outcome::Ok,
+            EventType::Fail => Outcome::Fail,
+            EventType::Info | EventType::Invoke => Outcome::Unknown,
+        };
+        if let (Some(output), ModelOp::Read { .. }) = (output, operation.model_op) {
+            operation.model_op = ModelOp::Read { output };
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read};
+use std::rc::Rc;
 
 use serde_json::Value;
 
@@ -31,7 +32,7 @@ pub fn parse_history(mut input: impl BufRead, limits: &Limits) -> Result<Vec<Eve
         }
         let event: Event = serde_json::from_str(text)
             .map_err(|error| InputError::new(line_number, format!("not a valid event: {error}")))?;
-        validator.accept(&event, line_number, events.len())?;
+        validator.accept(&event, line_number)?;
         events.push(event);
     }
 }
@@ -82,8 +83,9 @@ enum ProcessState {
     Open {
         f: OpKind,
         key_index: usize,
-        /// Position of the invoke in the history, so a completion finds it.
-        invoke_position: usize,
+        /// The operation's index among its key's operations, so a
+        /// completion finds it.
+        key_operation: usize,
         line: usize,
     },
     /// Its last operation ended with `info`: it may still take effect, so
@@ -95,8 +97,74 @@ enum ProcessState {
 pub(crate) struct Accepted {
     /// The key's index, in order of first appearance.
     pub key_index: usize,
-    /// For a completion, the position of its invoke in the history.
-    pub invoke_position: Option<usize>,
+    /// The operation's index among its key's operations, in invoke order:
+    /// an invoke opens it, a completion closes it.
+    pub key_operation: usize,
+}
+
+/// The keys seen so far. A key's name is shared between the lookup table
+/// and the list by index, so a completion compares its key with its
+/// invoke's by text instead of hashing it again.
+#[derive(Default)]
+struct Keys {
+    /// Key to its index, in order of first appearance.
+    indexes: HashMap<Rc<str>, usize>,
+    /// Key names by index.
+    names: Vec<Rc<str>>,
+    /// Invokes seen per key, by index.
+    invokes: Vec<usize>,
+}
+
+impl Keys {
+    fn index_or_insert(
+        &mut self,
+        key: &str,
+        line: usize,
+        limits: &Limits,
+    ) -> Result<usize, InputError> {
+        if let Some(index) = self.indexes.get(key) {
+            return Ok(*index);
+        }
+        if self.names.len() >= limits.keys_max {
+            return Err(InputError::new(
+                line,
+                format!("more than {} keys (keys_max)", limits.keys_max),
+            ));
+        }
+        let index = self.names.len();
+        let name: Rc<str> = Rc::from(key);
+        self.indexes.insert(Rc::clone(&name), index);
+        self.names.push(name);
+        self.invokes.push(0);
+        Ok(index)
+    }
+}
+
+/// Process ids below this are looked up in a vector: histories number their
+/// processes from 0 up, and a vector slot costs far less than hashing the id
+/// at every event. Larger ids go to a map, so no id can make the vector big.
+const DIRECT_PROCESS_IDS: u64 = 4096;
+
+/// Where each process stands: `None` while it is idle.
+#[derive(Default)]
+struct Processes {
+    /// By id, for ids below [`DIRECT_PROCESS_IDS`].
+    direct: Vec<Option<ProcessState>>,
+    /// The others; an idle one may keep its entry.
+    others: HashMap<u64, Option<ProcessState>>,
+}
+
+impl Processes {
+    fn state(&mut self, process: u64) -> &mut Option<ProcessState> {
+        if process >= DIRECT_PROCESS_IDS {
+            return self.others.entry(process).or_default();
+        }
+        let index = process as usize;
+        if index >= self.direct.len() {
+            self.direct.resize_with(index + 1, || None);
+        }
+        &mut self.direct[index]
+    }
 }
 
 /// Checks the pairing rules and the limits, one event at a time, in history
@@ -105,12 +173,8 @@ pub(crate) struct Accepted {
 pub(crate) struct Validator<'limits> {
     limits: &'limits Limits,
     events_count: usize,
-    /// Processes that have an open operation or are closed; idle ones are absent.
-    processes: HashMap<u64, ProcessState>,
-    /// Key to its index, in order of first appearance.
-    key_indexes: HashMap<String, usize>,
-    /// Invokes seen per key, by key index.
-    invokes_per_key: Vec<usize>,
+    processes: Processes,
+    keys: Keys,
 }
 
 impl<'limits> Validator<'limits> {
@@ -118,25 +182,19 @@ impl<'limits> Validator<'limits> {
         Validator {
             limits,
             events_count: 0,
-            processes: HashMap::new(),
-            key_indexes: HashMap::new(),
-            invokes_per_key: Vec::new(),
+            processes: Processes::default(),
+            keys: Keys::default(),
         }
     }
 
     /// The number of distinct keys accepted so far.
     pub(crate) fn keys_count(&self) -> usize {
-        self.invokes_per_key.len()
+        self.keys.names.len()
     }
 
-    /// Accepts the event at `position` in the history (reported as `line`),
-    /// or says which rule it breaks.
-    pub(crate) fn accept(
-        &mut self,
-        event: &Event,
-        line: usize,
-        position: usize,
-    ) -> Result<Accepted, InputError> {
+    /// Accepts the next event of the history (reported as `line`), or says
+    /// which rule it breaks.
+    pub(crate) fn accept(&mut self, event: &Event, line: usize) -> Result<Accepted, InputError> {
         self.events_count += 1;
         if self.events_count > self.limits.events_max {
             return Err(InputError::new(
@@ -146,48 +204,23 @@ impl<'limits> Validator<'limits> {
         }
         check_value_shape(event).map_err(|reason| InputError::new(line, reason))?;
         match event.kind {
-            EventType::Invoke => self.accept_invoke(event, line, position),
+            EventType::Invoke => self.accept_invoke(event, line),
             EventType::Ok | EventType::Fail | EventType::Info => {
                 self.accept_completion(event, line)
             }
         }
     }
 
-    fn accept_invoke(
-        &mut self,
-        event: &Event,
-        line: usize,
-        position: usize,
-    ) -> Result<Accepted, InputError> {
-        match self.processes.get(&event.process) {
-            Some(ProcessState::Open {
-                f, line: open_line, ..
-            }) => {
-                return Err(InputError::new(
-                    line,
-                    format!(
-                        "process {} invokes {} while its {} from line {open_line} is still open",
-                        event.process,
-                        event.f.name(),
-                        f.name()
-                    ),
-                ));
-            }
-            Some(ProcessState::Closed { line: info_line }) => {
-                return Err(InputError::new(
-                    line,
-                    format!(
-                        "process {} invokes again after its operation ended with info on line \
-                         {info_line}; an operation with an unknown outcome stays open, so use \
-                         a new process id",
-                        event.process
-                    ),
-                ));
-            }
-            None => {}
+    /// Looks the process up once (this runs for every event of every
+    /// simulated history) and opens the operation in the slot it found.
+    fn accept_invoke(&mut self, event: &Event, line: usize) -> Result<Accepted, InputError> {
+        let state = self.processes.state(event.process);
+        if let Some(busy) = state {
+            return Err(invoke_while_busy(event, line, busy));
         }
-        let key_index = self.key_index_or_insert(&event.key, line)?;
-        let invokes = &mut self.invokes_per_key[key_index];
+        let key_index = self.keys.index_or_insert(&event.key, line, self.limits)?;
+        let invokes = &mut self.keys.invokes[key_index];
+        let key_operation = *invokes;
         *invokes += 1;
         if *invokes > self.limits.ops_per_key_max {
             return Err(InputError::new(
@@ -198,40 +231,31 @@ impl<'limits> Validator<'limits> {
                 ),
             ));
         }
-        self.processes.insert(
-            event.process,
-            ProcessState::Open {
-                f: event.f,
-                key_index,
-                invoke_position: position,
-                line,
-            },
-        );
+        *state = Some(ProcessState::Open {
+            f: event.f,
+            key_index,
+            key_operation,
+            line,
+        });
         Ok(Accepted {
             key_index,
-            invoke_position: None,
+            key_operation,
         })
     }
 
     fn accept_completion(&mut self, event: &Event, line: usize) -> Result<Accepted, InputError> {
         let type_name = type_name(event.kind);
+        let state = self.processes.state(event.process);
         let Some(ProcessState::Open {
             f,
             key_index,
-            invoke_position,
+            key_operation,
             line: invoke_line,
-        }) = self.processes.get(&event.process)
+        }) = *state
         else {
-            return Err(InputError::new(
-                line,
-                format!(
-                    "{type_name} from process {} has no open invoke to complete",
-                    event.process
-                ),
-            ));
+            return Err(no_open_invoke(event, line));
         };
-        let same_key = self.key_indexes.get(&event.key) == Some(key_index);
-        if *f != event.f || !same_key {
+        if f != event.f || *self.keys.names[key_index] != *event.key {
             return Err(InputError::new(
                 line,
                 format!(
@@ -244,34 +268,50 @@ impl<'limits> Validator<'limits> {
                 ),
             ));
         }
-        let accepted = Accepted {
-            key_index: *key_index,
-            invoke_position: Some(*invoke_position),
-        };
-        if event.kind == EventType::Info {
-            self.processes
-                .insert(event.process, ProcessState::Closed { line });
-        } else {
-            self.processes.remove(&event.process);
-        }
-        Ok(accepted)
+        *state = (event.kind == EventType::Info).then_some(ProcessState::Closed { line });
+        Ok(Accepted {
+            key_index,
+            key_operation,
+        })
     }
+}
 
-    fn key_index_or_insert(&mut self, key: &str, line: usize) -> Result<usize, InputError> {
-        if let Some(index) = self.key_indexes.get(key) {
-            return Ok(*index);
-        }
-        if self.invokes_per_key.len() >= self.limits.keys_max {
-            return Err(InputError::new(
-                line,
-                format!("more than {} keys (keys_max)", self.limits.keys_max),
-            ));
-        }
-        let index = self.invokes_per_key.len();
-        self.key_indexes.insert(key.to_owned(), index);
-        self.invokes_per_key.push(0);
-        Ok(index)
+/// The error for an invoke from a process that is open or closed.
+fn invoke_while_busy(event: &Event, line: usize, state: &ProcessState) -> InputError {
+    match state {
+        ProcessState::Open {
+            f, line: open_line, ..
+        } => InputError::new(
+            line,
+            format!(
+                "process {} invokes {} while its {} from line {open_line} is still open",
+                event.process,
+                event.f.name(),
+                f.name()
+            ),
+        ),
+        ProcessState::Closed { line: info_line } => InputError::new(
+            line,
+            format!(
+                "process {} invokes again after its operation ended with info on line \
+                 {info_line}; an operation with an unknown outcome stays open, so use \
+                 a new process id",
+                event.process
+            ),
+        ),
     }
+}
+
+/// The error for a completion from a process with nothing open.
+fn no_open_invoke(event: &Event, line: usize) -> InputError {
+    InputError::new(
+        line,
+        format!(
+            "{} from process {} has no open invoke to complete",
+            type_name(event.kind),
+            event.process
+        ),
+    )
 }
 
 fn type_name(kind: EventType) -> &'static str {

@@ -33,7 +33,8 @@
 //! writes that differ only in which unobserved value is left collapse into
 //! one cached state.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// An interned register value; [`ABSENT`] is the absent key (JSON null).
@@ -50,8 +51,8 @@ pub(crate) const UNOBSERVED: ValueId = ValueId::MAX;
 /// without remembering new states: still correct, possibly slower.
 pub(crate) const CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-/// Bytes a cache entry costs beyond its words: the boxed slice's pointer
-/// and length in the table, and the table's control byte and spare room.
+/// Bytes a cache entry costs beyond its words: its length and link words in
+/// the arena, and the hash, offset and control byte of its table slot.
 const CACHE_ENTRY_OVERHEAD_BYTES: usize = 32;
 
 const HEAD: usize = 0;
@@ -285,7 +286,66 @@ impl Hasher for WordHasher {
     }
 }
 
-type Cache = HashSet<Box<[u64]>, BuildHasherDefault<WordHasher>>;
+/// The memo cache: a set of keys of words. The keys live end to end in one
+/// arena, each after its length and the offset of the previous key with
+/// the same hash, so remembering a state allocates nothing of its own and
+/// dropping the cache frees two blocks, not one per state.
+#[derive(Default)]
+struct Cache {
+    arena: Vec<u64>,
+    /// A key's hash to the offset of the latest key with that hash.
+    latest: HashMap<u64, usize, BuildHasherDefault<WordHasher>>,
+}
+
+impl Cache {
+    fn hash(key: &[u64]) -> u64 {
+        let mut hasher = WordHasher::default();
+        for &word in key {
+            hasher.add(word);
+        }
+        hasher.finish()
+    }
+
+    /// Whether `key`, whose hash is `hash`, is in the cache.
+    fn contains(&self, hash: u64, key: &[u64]) -> bool {
+        let mut offset = self.latest.get(&hash).copied().unwrap_or(NIL);
+        while offset != NIL {
+            if self.key_at(offset) == key {
+                return true;
+            }
+            offset = self.arena[offset + 1] as usize;
+        }
+        false
+    }
+
+    /// Adds `key`, whose hash is `hash` and which is not in the cache yet.
+    fn insert(&mut self, hash: u64, key: &[u64]) {
+        let offset = self.arena.len();
+        let previous = std::mem::replace(self.latest.entry(hash).or_insert(NIL), offset);
+        self.arena.push(key.len() as u64);
+        self.arena.push(previous as u64);
+        self.arena.extend_from_slice(key);
+    }
+
+    /// The key stored at `offset`.
+    fn key_at(&self, offset: usize) -> &[u64] {
+        let start = offset + 2;
+        &self.arena[start..start + self.arena[offset] as usize]
+    }
+
+    /// Every key, in the order they were added.
+    #[cfg(test)]
+    fn keys(&self) -> impl Iterator<Item = &[u64]> {
+        let mut offset = 0;
+        std::iter::from_fn(move || {
+            (offset < self.arena.len()).then(|| {
+                let key = self.key_at(offset);
+                offset += 2 + key.len();
+                key
+            })
+        })
+    }
+}
 
 struct Search<'ops> {
     ops: &'ops [SearchOp],
@@ -350,26 +410,7 @@ impl<'ops> Search<'ops> {
             );
         }
 
-        let mut entries = Vec::with_capacity(2 * mandatory.len());
-        for (mandatory_index, &index) in mandatory.iter().enumerate() {
-            let op = &ops[index];
-            let return_position = op.return_position.expect("mandatory ops have a return");
-            assert!(
-                op.call_position < return_position,
-                "an operation returns after its call"
-            );
-            entries.push(Entry {
-                position: op.call_position,
-                is_call: true,
-                mandatory_index,
-            });
-            entries.push(Entry {
-                position: return_position,
-                is_call: false,
-                mandatory_index,
-            });
-        }
-        entries.sort_by_key(|entry| entry.position);
+        let entries = entries_by_position(ops, &mandatory);
         let mut call_node = vec![NIL; mandatory.len()];
         let mut return_node = vec![NIL; mandatory.len()];
         for (offset, entry) in entries.iter().enumerate() {
@@ -856,17 +897,61 @@ impl<'ops> Search<'ops> {
             self.key_buffer
                 .extend_from_slice(&self.placed_mandatory[first_word..end_word]);
         }
-        if self.cache.contains(self.key_buffer.as_slice()) {
+        let hash = Cache::hash(&self.key_buffer);
+        if self.cache.contains(hash, &self.key_buffer) {
             return false;
         }
         let entry_bytes = self.key_buffer.len() * 8 + CACHE_ENTRY_OVERHEAD_BYTES;
         if self.cache_bytes + entry_bytes <= CACHE_BYTES_MAX {
-            self.cache
-                .insert(self.key_buffer.clone().into_boxed_slice());
+            self.cache.insert(hash, &self.key_buffer);
             self.cache_bytes += entry_bytes;
         }
         true
     }
+}
+
+/// The call and return entries of the `mandatory` operations (indexes into
+/// `ops`, by call position), by position. Calls come in order already, so
+/// each return is merged in from a heap of the returns still to come, just
+/// before the first call after it: a cost in the log of the concurrency,
+/// not of the history. Every entry is a distinct event of the history, so
+/// no two positions are equal.
+fn entries_by_position(ops: &[SearchOp], mandatory: &[usize]) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(2 * mandatory.len());
+    let mut returns = BinaryHeap::new();
+    for (mandatory_index, &index) in mandatory.iter().enumerate() {
+        let op = &ops[index];
+        let return_position = op.return_position.expect("mandatory ops have a return");
+        assert!(
+            op.call_position < return_position,
+            "an operation returns after its call"
+        );
+        while let Some(Reverse((position, returning))) = returns.peek().copied() {
+            if position > op.call_position {
+                break;
+            }
+            returns.pop();
+            entries.push(Entry {
+                position,
+                is_call: false,
+                mandatory_index: returning,
+            });
+        }
+        entries.push(Entry {
+            position: op.call_position,
+            is_call: true,
+            mandatory_index,
+        });
+        returns.push(Reverse((return_position, mandatory_index)));
+    }
+    while let Some(Reverse((position, returning))) = returns.pop() {
+        entries.push(Entry {
+            position,
+            is_call: false,
+            mandatory_index: returning,
+        });
+    }
+    entries
 }
 
 /// The value an operation needs the register to hold, if any.
@@ -1015,6 +1100,7 @@ mod tests {
             assert!(search_state.try_place_mandatory(mandatory_index).is_some());
         }
         // Value, low mark, and no optional or window words.
-        assert!(search_state.cache.iter().all(|key| key.len() <= 3));
+        assert_eq!(search_state.cache.keys().count(), ops.len());
+        assert!(search_state.cache.keys().all(|key| key.len() <= 3));
     }
 }

@@ -131,6 +131,32 @@ fn a_read_sees_the_last_completed_write() {
     );
 }
 
+/// Values are told apart as their JSON texts are: by type, by integer or
+/// float form, and by the sign of a float zero.
+#[test]
+fn values_equal_only_when_their_json_texts_are() {
+    for (written, read_back) in [
+        (json!(1), json!(1)),
+        (json!(-5), json!(-5)),
+        (json!(1.5), json!(1.5)),
+        (json!(u64::MAX), json!(u64::MAX)),
+        (json!("1"), json!("1")),
+    ] {
+        let events = history(vec![write(0, written), read(1, read_back)]);
+        assert!(matches!(check(&events), Verdict::Linearizable { .. }));
+    }
+    for (written, read_back) in [
+        (json!(1), json!("1")),
+        (json!(1), json!(1.0)),
+        (json!(0.0), json!(-0.0)),
+        (json!(-1), json!(u64::MAX)),
+        (json!(1.0_f64.to_bits()), json!(1.0)),
+    ] {
+        let events = history(vec![write(0, written), read(1, read_back)]);
+        assert!(matches!(check(&events), Verdict::NotLinearizable(_)));
+    }
+}
+
 #[test]
 fn a_read_concurrent_with_a_write_may_see_the_old_or_the_new_value() {
     for seen in [Value::Null, json!(1)] {
@@ -488,6 +514,29 @@ fn an_invoke_after_info_on_the_same_process_is_rejected() {
         invoke(1, OpKind::Read, Value::Null),
     ]);
     assert_rejected(&input, 3, "new process id");
+}
+
+/// The validator keeps small process ids in a table and others in a map:
+/// both follow the same rules.
+#[test]
+fn large_process_ids_follow_the_pairing_rules() {
+    for process in [0, 4095, 4096, u64::MAX] {
+        assert_linearizable(&history(vec![
+            write(process, json!(1)),
+            read(process, json!(1)),
+        ]));
+        let read_invoke = invoke(process, OpKind::Read, Value::Null);
+        let input = lines(&[read_invoke.clone(), read_invoke.clone()]);
+        assert_rejected(&input, 2, "still open");
+        let input = lines(&[
+            invoke(process, OpKind::Write, json!(1)),
+            info(process, OpKind::Write, json!(1)),
+            read_invoke,
+        ]);
+        assert_rejected(&input, 3, "new process id");
+        let input = lines(&[ok(process, OpKind::Read, Value::Null)]);
+        assert_rejected(&input, 1, "no open invoke");
+    }
 }
 
 #[test]

@@ -14,20 +14,45 @@ pub struct Violation {
     pub detail: String,
 }
 
+/// An entry as a log holds it: its term, the hash of its command, and the
+/// term of the entry before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntrySeen {
+    term: Term,
+    data_hash: u64,
+    prev_term: Term,
+}
+
 /// Everything the checker has learned from all nodes so far.
+///
+/// Log indexes are dense from 1, and every node reports every index, so the
+/// per-index facts live in vectors indexed by log index: these checks run
+/// after every step, and a vector slot costs far less than a tree search.
 #[derive(Debug, Default)]
 pub struct RaftInvariants {
     /// Election safety: the one leader of each term.
     leaders: BTreeMap<Term, NodeId>,
-    /// Log matching: each (index, term) ever seen in any log, with the hash
-    /// of its command and the term of the entry before it. Two logs that
-    /// hold the same (index, term) must agree on both, and by induction on
-    /// the whole prefix.
-    entries: BTreeMap<(LogIndex, Term), (u64, Term)>,
-    /// State machine safety: what was applied at each index, anywhere.
-    applied: BTreeMap<LogIndex, (Term, u64)>,
+    /// Log matching: per index, the first entry seen there in any log. Two
+    /// logs that hold the same (index, term) must agree on the command and
+    /// the previous term, and by induction on the whole prefix.
+    entries: Vec<Option<EntrySeen>>,
+    /// Log matching for the rarer entries whose (index, term) differs from
+    /// the first one seen at their index (uncommitted entries that a later
+    /// leader overwrote): (index, term) to (command hash, previous term).
+    entries_other_terms: BTreeMap<(LogIndex, Term), (u64, Term)>,
+    /// State machine safety: per index, what was applied there, anywhere.
+    applied: Vec<Option<(Term, u64)>>,
     /// Highest index applied anywhere (hence committed).
     committed_max: LogIndex,
+}
+
+/// The slot of `index` in a vector indexed by log index, grown to hold it.
+fn slot<T: Clone>(slots: &mut Vec<Option<T>>, index: LogIndex) -> &mut Option<T> {
+    let position = index.0 as usize;
+    if position >= slots.len() {
+        slots.resize(position + 1, None);
+    }
+    &mut slots[position]
 }
 
 impl RaftInvariants {
@@ -60,12 +85,17 @@ impl RaftInvariants {
         // make a node leader of an old term after a later leader committed
         // entries; those it need not hold.) Terms only grow with the index,
         // so the first match from the top is the one.
-        let Some((committed, (committed_term, _))) = self
-            .applied
-            .iter()
-            .rev()
-            .find(|(_, (entry_term, _))| *entry_term < term)
-            .map(|(index, value)| (*index, *value))
+        let Some((committed, committed_term)) =
+            self.applied
+                .iter()
+                .enumerate()
+                .rev()
+                .find_map(|(index, applied)| match applied {
+                    Some((entry_term, _)) if *entry_term < term => {
+                        Some((LogIndex(index as u64), *entry_term))
+                    }
+                    _ => None,
+                })
         else {
             return Ok(());
         };
@@ -104,11 +134,8 @@ impl RaftInvariants {
             };
             let prev_term = log.term(index.prev()).unwrap_or(Term(0));
             let data_hash = StableHasher::hash_bytes(&entry.data);
-            let seen = self
-                .entries
-                .entry((index, entry.term))
-                .or_insert((data_hash, prev_term));
-            if *seen != (data_hash, prev_term) {
+            let seen = self.entry_seen(index, entry.term, data_hash, prev_term);
+            if seen != (data_hash, prev_term) {
                 return Err(Violation {
                     property: "log matching",
                     detail: format!(
@@ -122,6 +149,29 @@ impl RaftInvariants {
         Ok(())
     }
 
+    /// The (command hash, previous term) first seen for (`index`, `term`),
+    /// recording the given ones if this is the first time.
+    fn entry_seen(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        data_hash: u64,
+        prev_term: Term,
+    ) -> (u64, Term) {
+        let first = slot(&mut self.entries, index).get_or_insert(EntrySeen {
+            term,
+            data_hash,
+            prev_term,
+        });
+        if first.term == term {
+            return (first.data_hash, first.prev_term);
+        }
+        *self
+            .entries_other_terms
+            .entry((index, term))
+            .or_insert((data_hash, prev_term))
+    }
+
     /// State machine safety: no two nodes apply different commands at one
     /// index.
     pub fn on_apply(
@@ -131,7 +181,7 @@ impl RaftInvariants {
         term: Term,
         data_hash: u64,
     ) -> Result<(), Violation> {
-        let seen = self.applied.entry(index).or_insert((term, data_hash));
+        let seen = slot(&mut self.applied, index).get_or_insert((term, data_hash));
         if *seen != (term, data_hash) {
             return Err(Violation {
                 property: "state machine safety",
