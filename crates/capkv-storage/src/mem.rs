@@ -17,7 +17,7 @@ type Space = BTreeMap<Vec<u8>, Vec<u8>>;
 pub struct MemStorage {
     /// What survives a crash: every batch written before the last sync, one
     /// map per keyspace.
-    durable: BTreeMap<Keyspace, Space>,
+    durable: Spaces,
     /// Batches written since the last sync, in order. Reads see them.
     unsynced: Vec<WriteBatch>,
     /// Number of successful syncs (a metric for tests and the simulator).
@@ -62,33 +62,61 @@ fn op_keyspace(op: &WriteOp) -> Keyspace {
     }
 }
 
-/// Applies `batch` to `spaces`, moving its keys and values in.
-fn apply_owned(spaces: &mut BTreeMap<Keyspace, Space>, batch: WriteBatch) {
-    for op in batch.ops {
-        match op {
-            WriteOp::Put {
-                keyspace,
-                key,
-                value,
-            } => {
-                spaces.entry(keyspace).or_default().insert(key, value);
+/// One map per keyspace, in the order they were first written. A node has a
+/// handful of keyspaces, and every op of a sync looks its own up: a short
+/// list costs a few pointer compares where a map keyed by name costs string
+/// compares.
+#[derive(Clone, Debug, Default)]
+struct Spaces(Vec<(Keyspace, Space)>);
+
+impl Spaces {
+    fn get(&self, keyspace: Keyspace) -> Option<&Space> {
+        self.0
+            .iter()
+            .find(|(k, _)| same_keyspace(*k, keyspace))
+            .map(|(_, space)| space)
+    }
+
+    /// The map of `keyspace`, created empty on its first write.
+    fn get_or_create(&mut self, keyspace: Keyspace) -> &mut Space {
+        let at = match self.0.iter().position(|(k, _)| same_keyspace(*k, keyspace)) {
+            Some(at) => at,
+            None => {
+                self.0.push((keyspace, Space::new()));
+                self.0.len() - 1
             }
-            WriteOp::Delete { keyspace, key } => {
-                if let Some(space) = spaces.get_mut(&keyspace) {
-                    space.remove(&key);
+        };
+        &mut self.0[at].1
+    }
+
+    /// Applies `batch`, moving its keys and values in.
+    fn apply_owned(&mut self, batch: WriteBatch) {
+        for op in batch.ops {
+            match op {
+                WriteOp::Put {
+                    keyspace,
+                    key,
+                    value,
+                } => {
+                    self.get_or_create(keyspace).insert(key, value);
                 }
-            }
-            WriteOp::DeleteRange {
-                keyspace,
-                start,
-                end,
-            } => {
-                if let Some(space) = spaces.get_mut(&keyspace) {
-                    delete_range(space, &start, &end);
+                WriteOp::Delete { keyspace, key } => {
+                    self.get_or_create(keyspace).remove(&key);
                 }
+                WriteOp::DeleteRange {
+                    keyspace,
+                    start,
+                    end,
+                } => delete_range(self.get_or_create(keyspace), &start, &end),
             }
         }
     }
+}
+
+/// Keyspaces are constants, so the same one usually has the same address:
+/// compare that first, and the names only when it differs.
+fn same_keyspace(a: Keyspace, b: Keyspace) -> bool {
+    std::ptr::eq(a.0, b.0) || a == b
 }
 
 fn delete_range(space: &mut Space, start: &[u8], end: &[u8]) {
@@ -99,8 +127,12 @@ fn delete_range(space: &mut Space, start: &[u8], end: &[u8]) {
         std::ops::Bound::Included(start),
         std::ops::Bound::Excluded(end),
     );
-    // Most ranges are empty (an append past the log's end clears what
-    // follows it): they cost one lookup.
+    // Most ranges are empty: an append past the log's end clears what
+    // follows it. That case costs a walk down the right edge and one compare.
+    match space.last_key_value() {
+        Some((last, _)) if last.as_slice() >= start => {}
+        _ => return,
+    }
     if space.range::<[u8], _>(range).next().is_none() {
         return;
     }
@@ -130,7 +162,7 @@ impl Storage for MemStorage {
         }
         Ok(self
             .durable
-            .get(&keyspace)
+            .get(keyspace)
             .and_then(|space| space.get(key))
             .cloned())
     }
@@ -149,7 +181,7 @@ impl Storage for MemStorage {
             std::ops::Bound::Included(start),
             std::ops::Bound::Excluded(end),
         );
-        let Some(space) = self.durable.get(&keyspace) else {
+        let Some(space) = self.durable.get(keyspace) else {
             return Ok(self.scan_unsynced_over(&Space::new(), keyspace, start, end, limit));
         };
         if self.unsynced_ops(keyspace).next().is_none() {
@@ -169,7 +201,7 @@ impl Storage for MemStorage {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         for batch in self.unsynced.drain(..) {
-            apply_owned(&mut self.durable, batch);
+            self.durable.apply_owned(batch);
         }
         self.syncs_total += 1;
         Ok(())
