@@ -52,8 +52,31 @@ const ENCODED_FIELDS_MAX: usize = 31;
 /// room for `data_len` data bytes and the fixed fields, instead of one grown
 /// step by step.
 fn encode<T: serde::Serialize>(value: &T, data_len: usize) -> Vec<u8> {
-    let buffer = Vec::with_capacity(data_len + ENCODED_FIELDS_MAX);
-    postcard::to_extend(value, buffer).expect("raft types serialise")
+    let buffer = PresizedVec(Vec::with_capacity(data_len + ENCODED_FIELDS_MAX));
+    postcard::serialize_with_flavor(value, buffer).expect("raft types serialise")
+}
+
+/// A postcard output appending to a `Vec` of our choosing: postcard's
+/// `AllocVec` cannot be given a capacity, and its `ExtendFlavor` copies
+/// through the generic `Extend`, byte by byte.
+struct PresizedVec(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for PresizedVec {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
