@@ -77,7 +77,7 @@ pub enum Expected {
     /// The key's version (the log index that last wrote it); 0 means "absent".
     Version(u64),
     /// The key's current value; `None` means "absent".
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
 }
 
 /// A command replicated through Raft and applied to [`KvState`].
@@ -97,6 +97,7 @@ pub enum Command {
         /// The key.
         key: String,
         /// The new value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove a key.
@@ -115,6 +116,7 @@ pub enum Command {
         /// What it must currently be.
         expected: Expected,
         /// What it becomes; `None` deletes it.
+        #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
     },
 }
@@ -136,6 +138,7 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
     /// The bytes.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The Raft index of the command that last wrote the key.
     pub version: u64,

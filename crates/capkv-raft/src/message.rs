@@ -20,7 +20,9 @@ pub struct Entry {
     pub index: LogIndex,
     /// Command or no-op.
     pub kind: EntryKind,
-    /// The command bytes; empty for a no-op. Opaque to Raft.
+    /// The command bytes; empty for a no-op. Opaque to Raft. Serialized as
+    /// bytes: the same postcard encoding as a sequence, written in one copy.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -45,7 +47,9 @@ pub struct SnapshotMeta {
 pub struct Snapshot {
     /// Position in the log.
     pub meta: SnapshotMeta,
-    /// Application bytes, opaque to Raft.
+    /// Application bytes, opaque to Raft (serialized as bytes, like
+    /// [`Entry::data`]).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

@@ -108,6 +108,12 @@ impl WriteBatch {
         WriteBatch::default()
     }
 
+    /// Makes room for `additional` more ops, so that a caller that knows how
+    /// many it will add grows the batch once.
+    pub fn reserve(&mut self, additional: usize) {
+        self.ops.reserve(additional);
+    }
+
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()

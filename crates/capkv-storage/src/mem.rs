@@ -1,8 +1,68 @@
 use crate::{Keyspace, Pairs, Storage, StorageError, WriteBatch, WriteOp};
-use std::collections::BTreeMap;
 
-/// One keyspace's keys and values.
-type Space = BTreeMap<Vec<u8>, Vec<u8>>;
+/// One keyspace's pairs, sorted by key in a vector. Nodes write keys mostly
+/// in ascending order (log entries go at the end) and drop them from the
+/// front (a snapshot compacts the log): an append costs one compare and a
+/// push, where a B-tree compares the new key with every key down its right
+/// edge. An insert in the middle moves the pairs after it, which is cheap
+/// at the key counts of simulations and tests.
+#[derive(Clone, Debug, Default)]
+struct Space {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Space {
+    /// Where `key` is, or where it would go.
+    fn find(&self, key: &[u8]) -> Result<usize, usize> {
+        match self.pairs.last() {
+            Some((last, _)) if last.as_slice() < key => Err(self.pairs.len()),
+            _ => self.pairs.binary_search_by(|(k, _)| k.as_slice().cmp(key)),
+        }
+    }
+
+    /// The position of the first key at or after `key`.
+    fn lower_bound(&self, key: &[u8]) -> usize {
+        self.find(key).unwrap_or_else(|at| at)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        self.find(key).ok().map(|at| &self.pairs[at].1)
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        match self.find(&key) {
+            Ok(at) => self.pairs[at].1 = value,
+            Err(at) => self.pairs.insert(at, (key, value)),
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Ok(at) = self.find(key) {
+            self.pairs.remove(at);
+        }
+    }
+
+    /// The pairs with `start <= key < end`, in key order.
+    fn range(&self, start: &[u8], end: &[u8]) -> &[(Vec<u8>, Vec<u8>)] {
+        if start >= end {
+            return &[];
+        }
+        &self.pairs[self.lower_bound(start)..self.lower_bound(end)]
+    }
+
+    /// Removes every pair with `start <= key < end`. The usual range, past
+    /// the last key (an append clears what follows it), costs one compare.
+    fn delete_range(&mut self, start: &[u8], end: &[u8]) {
+        if start >= end {
+            return;
+        }
+        let from = self.lower_bound(start);
+        if from < self.pairs.len() {
+            let to = self.lower_bound(end);
+            self.pairs.drain(from..to);
+        }
+    }
+}
 
 /// In-memory [`Storage`] with exact crash semantics, for the simulator and
 /// tests.
@@ -17,7 +77,7 @@ type Space = BTreeMap<Vec<u8>, Vec<u8>>;
 pub struct MemStorage {
     /// What survives a crash: every batch written before the last sync, one
     /// map per keyspace.
-    durable: BTreeMap<Keyspace, Space>,
+    durable: Spaces,
     /// Batches written since the last sync, in order. Reads see them.
     unsynced: Vec<WriteBatch>,
     /// Number of successful syncs (a metric for tests and the simulator).
@@ -62,53 +122,61 @@ fn op_keyspace(op: &WriteOp) -> Keyspace {
     }
 }
 
-/// Applies `batch` to `spaces`, moving its keys and values in.
-fn apply_owned(spaces: &mut BTreeMap<Keyspace, Space>, batch: WriteBatch) {
-    for op in batch.ops {
-        match op {
-            WriteOp::Put {
-                keyspace,
-                key,
-                value,
-            } => {
-                spaces.entry(keyspace).or_default().insert(key, value);
+/// One map per keyspace, in the order they were first written. A node has a
+/// handful of keyspaces, and every op of a sync looks its own up: a short
+/// list costs a few pointer compares where a map keyed by name costs string
+/// compares.
+#[derive(Clone, Debug, Default)]
+struct Spaces(Vec<(Keyspace, Space)>);
+
+impl Spaces {
+    fn get(&self, keyspace: Keyspace) -> Option<&Space> {
+        self.0
+            .iter()
+            .find(|(k, _)| same_keyspace(*k, keyspace))
+            .map(|(_, space)| space)
+    }
+
+    /// The map of `keyspace`, created empty on its first write.
+    fn get_or_create(&mut self, keyspace: Keyspace) -> &mut Space {
+        let at = match self.0.iter().position(|(k, _)| same_keyspace(*k, keyspace)) {
+            Some(at) => at,
+            None => {
+                self.0.push((keyspace, Space::default()));
+                self.0.len() - 1
             }
-            WriteOp::Delete { keyspace, key } => {
-                if let Some(space) = spaces.get_mut(&keyspace) {
-                    space.remove(&key);
+        };
+        &mut self.0[at].1
+    }
+
+    /// Applies `batch`, moving its keys and values in.
+    fn apply_owned(&mut self, batch: WriteBatch) {
+        for op in batch.ops {
+            match op {
+                WriteOp::Put {
+                    keyspace,
+                    key,
+                    value,
+                } => {
+                    self.get_or_create(keyspace).insert(key, value);
                 }
-            }
-            WriteOp::DeleteRange {
-                keyspace,
-                start,
-                end,
-            } => {
-                if let Some(space) = spaces.get_mut(&keyspace) {
-                    delete_range(space, &start, &end);
+                WriteOp::Delete { keyspace, key } => {
+                    self.get_or_create(keyspace).remove(&key);
                 }
+                WriteOp::DeleteRange {
+                    keyspace,
+                    start,
+                    end,
+                } => self.get_or_create(keyspace).delete_range(&start, &end),
             }
         }
     }
 }
 
-fn delete_range(space: &mut Space, start: &[u8], end: &[u8]) {
-    if start >= end {
-        return;
-    }
-    let range = (
-        std::ops::Bound::Included(start),
-        std::ops::Bound::Excluded(end),
-    );
-    // Most ranges are empty (an append past the log's end clears what
-    // follows it): they cost one lookup.
-    if space.range::<[u8], _>(range).next().is_none() {
-        return;
-    }
-    // Otherwise cut the range out whole: no key is copied, and the doomed
-    // pairs drop together.
-    let mut doomed = space.split_off(start);
-    let mut after = doomed.split_off(end);
-    space.append(&mut after);
+/// Keyspaces are constants, so the same one usually has the same address:
+/// compare that first, and the names only when it differs.
+fn same_keyspace(a: Keyspace, b: Keyspace) -> bool {
+    std::ptr::eq(a.0, b.0) || a == b
 }
 
 impl Storage for MemStorage {
@@ -130,7 +198,7 @@ impl Storage for MemStorage {
         }
         Ok(self
             .durable
-            .get(&keyspace)
+            .get(keyspace)
             .and_then(|space| space.get(key))
             .cloned())
     }
@@ -145,18 +213,15 @@ impl Storage for MemStorage {
         if start >= end {
             return Ok(Vec::new());
         }
-        let range = (
-            std::ops::Bound::Included(start),
-            std::ops::Bound::Excluded(end),
-        );
-        let Some(space) = self.durable.get(&keyspace) else {
-            return Ok(self.scan_unsynced_over(&Space::new(), keyspace, start, end, limit));
+        let Some(space) = self.durable.get(keyspace) else {
+            return Ok(self.scan_unsynced_over(&Space::default(), keyspace, start, end, limit));
         };
         if self.unsynced_ops(keyspace).next().is_none() {
             return Ok(space
-                .range::<[u8], _>(range)
+                .range(start, end)
+                .iter()
                 .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .cloned()
                 .collect());
         }
         Ok(self.scan_unsynced_over(space, keyspace, start, end, limit))
@@ -169,7 +234,7 @@ impl Storage for MemStorage {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         for batch in self.unsynced.drain(..) {
-            apply_owned(&mut self.durable, batch);
+            self.durable.apply_owned(batch);
         }
         self.syncs_total += 1;
         Ok(())
@@ -188,13 +253,9 @@ impl MemStorage {
         end: &[u8],
         limit: usize,
     ) -> Pairs {
-        let mut view: Space = space
-            .range::<[u8], _>((
-                std::ops::Bound::Included(start),
-                std::ops::Bound::Excluded(end),
-            ))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut view = Space {
+            pairs: space.range(start, end).to_vec(),
+        };
         let inside = |key: &[u8]| start <= key && key < end;
         for op in self.unsynced_ops(keyspace) {
             match op {
@@ -208,17 +269,20 @@ impl MemStorage {
                     start: from,
                     end: to,
                     ..
-                } => delete_range(&mut view, from, to),
+                } => view.delete_range(from, to),
                 _ => {}
             }
         }
-        view.into_iter().take(limit).collect()
+        let mut pairs = view.pairs;
+        pairs.truncate(limit);
+        pairs
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     const KS: Keyspace = Keyspace("test");
 
