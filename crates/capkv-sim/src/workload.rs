@@ -35,13 +35,6 @@ pub enum ClientAction {
     },
 }
 
-/// Something the client recorded.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A history event.
-    History(Event),
-}
-
 #[derive(Clone, Debug)]
 struct Operation {
     f: OpKind,
@@ -86,7 +79,8 @@ pub struct Client {
     writes: u64,
     /// The last value this client saw for each key, for compare-and-set.
     last_seen: BTreeMap<String, Value>,
-    outcomes: Vec<Outcome>,
+    /// History events recorded and not yet drained by the simulator.
+    new_events: Vec<Event>,
     timeout: Micros,
 }
 
@@ -113,7 +107,7 @@ impl Client {
             bucket_ready: false,
             writes: 0,
             last_seen: BTreeMap::new(),
-            outcomes: Vec::new(),
+            new_events: Vec::new(),
             timeout,
         }
     }
@@ -134,20 +128,20 @@ impl Client {
     /// Moves the events recorded since the last call to the end of
     /// `history`, keeping this client's buffer for the next ones.
     pub fn drain_history_into(&mut self, history: &mut Vec<Event>) {
-        history.extend(self.outcomes.drain(..).map(|Outcome::History(event)| event));
+        history.append(&mut self.new_events);
     }
 
     fn record(&mut self, kind: EventType, operation: &Operation, value: Value) {
         if !operation.recorded {
             return;
         }
-        self.outcomes.push(Outcome::History(Event {
+        self.new_events.push(Event {
             process: self.process,
             kind,
             f: operation.f,
             key: operation.key.clone(),
             value,
-        }));
+        });
     }
 
     /// A timer fired. `accepting` is false once the load phase is over.
