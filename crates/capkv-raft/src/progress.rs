@@ -38,6 +38,9 @@ pub struct Progress {
     /// The commit index last sent in an append, so that a new commit index
     /// reaches a follower at once and an old one is not sent again.
     pub commit_sent: LogIndex,
+    /// Set at every interval heartbeat: the answer to it may force an append
+    /// to a follower that is behind, to find appends that were lost.
+    pub recovery_due: bool,
 }
 
 impl Progress {
@@ -52,6 +55,7 @@ impl Progress {
             recent_active: false,
             snapshot_elapsed_ticks: 0,
             commit_sent: LogIndex(0),
+            recovery_due: false,
         }
     }
 

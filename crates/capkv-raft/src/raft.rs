@@ -318,6 +318,9 @@ impl Raft {
         }
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed_ticks = 0;
+            for progress in self.progress.values_mut() {
+                progress.recovery_due = true;
+            }
             self.broadcast_heartbeat();
         }
     }
@@ -593,12 +596,18 @@ impl Raft {
                         if snapshot_lost {
                             progress.become_probe();
                         }
-                        progress.matched < self.log.last_index()
+                        let behind = progress.matched < self.log.last_index();
+                        // Once per heartbeat interval a follower that is
+                        // behind gets an append even with nothing new to send:
+                        // if appends in flight were lost, its refusal puts it
+                        // back in Probe.
+                        let recover = std::mem::take(&mut progress.recovery_due);
+                        behind.then_some(recover)
                     }
-                    None => false,
+                    None => None,
                 };
-                if behind {
-                    self.send_append(from, false);
+                if let Some(force) = behind {
+                    self.send_append(from, force);
                 }
                 if read_round > 0 {
                     let acked = self.read_round_acked.entry(from).or_insert(0);
@@ -1051,7 +1060,8 @@ impl Raft {
     }
 
     /// Sends `to` the entries it needs, unless its progress says to wait.
-    /// `force` sends even an empty append (used by leadership transfer).
+    /// `force` sends even an empty append (leadership transfer, and the
+    /// heartbeat's once-per-interval recovery probe).
     /// Returns true when it pipelined entries, so another append may follow.
     fn send_append(&mut self, to: NodeId, force: bool) -> bool {
         // One map lookup serves the whole function: this runs for every
@@ -1075,13 +1085,23 @@ impl Raft {
             return false;
         };
         let commit = self.log.committed;
-        if entries.is_empty()
-            && !force
-            && progress.matched == prev_index
-            && progress.commit_sent >= commit
-        {
-            // The follower has every entry and already heard of this commit.
-            return false;
+        if entries.is_empty() && !force {
+            let news = match progress.state {
+                // A probe also finds out where the follower's log ends.
+                ProgressState::Probe => {
+                    progress.matched != prev_index || progress.commit_sent < commit
+                }
+                // Every entry is on its way: only a commit index the follower
+                // can use is worth a message (etcd's `CanBumpCommit`). A lost
+                // append is found by the heartbeat's recovery probe instead.
+                ProgressState::Replicate => {
+                    commit > progress.commit_sent && progress.commit_sent < prev_index
+                }
+                ProgressState::Snapshot { .. } => false,
+            };
+            if !news {
+                return false;
+            }
         }
         let pipelined = progress.state == ProgressState::Replicate && !entries.is_empty();
         let last = entries.last().map_or(prev_index, |entry| entry.index);

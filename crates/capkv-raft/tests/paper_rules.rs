@@ -385,6 +385,87 @@ fn section_5_3_pipelined_appends_never_exceed_inflight_messages_max() {
     assert_eq!(cluster.agreed_leader().map(|(id, _)| id), Some(leader));
 }
 
+/// §5.3 pipelining without chatter: while appends are in flight, an empty
+/// append goes to a follower only when it carries a commit index it was not
+/// sent before. (An acknowledgement or a read's heartbeat answer used to
+/// trigger an empty append whenever the follower was behind, which with
+/// pipelined writes was most of the time: twice the appends a write needs.)
+#[test]
+fn section_5_3_empty_appends_carry_news_while_entries_are_in_flight() {
+    let mut cluster = default_cluster(3);
+    let (leader, _) = cluster.elect(6 * ELECTION_TIMEOUT_TICKS);
+    cluster.stabilize();
+    cluster.take_delivered();
+    for round in 0..5 {
+        // Three writes and a read, each sent before the previous answers.
+        for i in 0..3 {
+            cluster
+                .propose(leader, format!("w{round}-{i}").as_bytes())
+                .expect("leader accepts proposals");
+            cluster.handle_ready(leader);
+        }
+        cluster.read_index(leader, round + 1).expect("leader reads");
+        cluster.handle_ready(leader);
+        cluster.stabilize();
+    }
+    let delivered = cluster.take_delivered();
+    for follower in followers_of(&cluster, leader) {
+        let mut commit_sent = LogIndex(0);
+        let mut empty = 0;
+        for message in delivered
+            .iter()
+            .filter(|m| m.from == leader && m.to == follower)
+        {
+            if let MessageBody::Append {
+                entries, commit, ..
+            } = &message.body
+            {
+                if entries.is_empty() {
+                    empty += 1;
+                    assert!(
+                        *commit > commit_sent,
+                        "an empty append to {follower} repeats commit {commit:?}"
+                    );
+                }
+                commit_sent = commit_sent.max(*commit);
+            }
+        }
+        assert!(
+            empty <= 15,
+            "{empty} empty appends to {follower} for 15 writes"
+        );
+    }
+    assert!(
+        cluster
+            .ids()
+            .iter()
+            .all(|id| cluster.applied_data(*id).len() == 15),
+        "every write is applied everywhere"
+    );
+}
+
+/// §5.3 "if followers crash or run slowly, or if network packets are lost,
+/// the leader retries AppendEntries indefinitely": appends lost while the
+/// leader had nothing more to send are found by the next interval
+/// heartbeat, without waiting for a new write.
+#[test]
+fn section_5_3_appends_lost_in_flight_are_resent_after_a_heartbeat_interval() {
+    let mut cluster = default_cluster(3);
+    let (leader, _) = cluster.elect(6 * ELECTION_TIMEOUT_TICKS);
+    cluster.stabilize();
+    let lagging = followers_of(&cluster, leader)[0];
+    cluster.cut(leader, lagging);
+    propose_all(&mut cluster, leader, "lost", 3);
+    cluster.stabilize();
+    assert_eq!(cluster.applied_data(leader).len(), 3, "the others commit");
+    cluster.heal(leader, lagging);
+    let caught_up = cluster.tick_until(3 * ELECTION_TIMEOUT_TICKS, |c| {
+        c.applied_data(lagging).len() == 3
+    });
+    assert!(caught_up.is_some(), "{lagging} never got the lost appends");
+    assert_eq!(cluster.agreed_leader().map(|(id, _)| id), Some(leader));
+}
+
 // ----- thesis §9.6 PreVote and §6.2 CheckQuorum -----
 
 /// Thesis §9.6 PreVote: "a candidate first asks whether its log is up-to-date enough to get votes" — an isolated node does not inflate its term.
