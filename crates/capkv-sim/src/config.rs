@@ -50,7 +50,8 @@ pub enum Fault {
     Loss,
     /// Message duplication.
     Duplicate,
-    /// Message reordering (large random extra delays).
+    /// Message reordering: large random extra delays that let later
+    /// messages on the same link overtake (without it, a link keeps order).
     Reorder,
     /// Clock drift: nodes tick at different rates.
     Skew,

@@ -1,7 +1,8 @@
 //! A deterministic simulator of a whole capkv cluster.
 //!
-//! What it is: virtual time, a virtual network (latency, jitter, loss,
-//! duplication, reordering, partitions of every shape), virtual disks with
+//! What it is: virtual time, a virtual network (latency and jitter with each
+//! directed link in order, like the TCP connection it stands for; loss,
+//! duplication, reordering and partitions of every shape as faults), virtual disks with
 //! exact crash semantics ([`capkv_storage::MemStorage`]), process pauses and
 //! clock drift, all drawn from one seed, driving the very [`capkv_node::Node`]
 //! the real server runs. Besides random faults, targeted nemeses watch the

@@ -296,6 +296,9 @@ pub struct Simulation {
     ap_records: Vec<ApRecord>,
     /// Directed links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// When the last in-order message on each directed link (`from` index
+    /// times the cluster size plus `to` index) is delivered.
+    link_last_delivery: Vec<Micros>,
     network: NetworkFaults,
     /// While set, new leaders are killed soon after they win.
     churn: bool,
@@ -395,6 +398,7 @@ impl Simulation {
             clients,
             ap_records: Vec::new(),
             cut: BTreeSet::new(),
+            link_last_delivery: vec![0; (config.nodes * config.nodes) as usize],
             network: NetworkFaults::default(),
             churn: false,
             handoff: None,
@@ -779,7 +783,8 @@ impl Simulation {
             return;
         }
         if self.rng.chance(self.network.duplicate) {
-            let delay = self.delivery_delay();
+            // A stray second copy (a retransmission): it keeps no order.
+            let (delay, _) = self.delivery_delay();
             let copy = message.clone();
             self.schedule(
                 delay,
@@ -790,16 +795,26 @@ impl Simulation {
                 },
             );
         }
-        let delay = self.delivery_delay();
+        let (mut delay, reordered) = self.delivery_delay();
+        if !reordered {
+            // A link is one connection, and a connection keeps order: a
+            // message never overtakes the one sent before it on its link.
+            let link = self.node_index(from) * self.nodes.len() + self.node_index(to);
+            let at = (self.now + delay).max(self.link_last_delivery[link]);
+            self.link_last_delivery[link] = at;
+            delay = at - self.now;
+        }
         self.schedule(delay, Action::Deliver { from, to, message });
     }
 
-    fn delivery_delay(&mut self) -> Micros {
-        let mut delay = self.rng.range(300, 1_500);
+    /// Network latency of one message, and whether the reorder fault held it
+    /// back (it then overtakes nothing's order: later messages pass it).
+    fn delivery_delay(&mut self) -> (Micros, bool) {
+        let delay = self.rng.range(300, 1_500);
         if self.rng.chance(self.network.reorder) {
-            delay += self.rng.range(1_000, 30_000);
+            return (delay + self.rng.range(1_000, 30_000), true);
         }
-        delay
+        (delay, false)
     }
 
     // ----- clients -----
@@ -1412,4 +1427,60 @@ impl Simulation {
 fn names(ids: &[NodeId]) -> String {
     let names: Vec<String> = ids.iter().map(NodeId::to_string).collect();
     format!("[{}]", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capkv_core::GroupId;
+    use capkv_raft::Message;
+
+    /// Sends 200 numbered heartbeats from n1 to n2 and returns the numbers
+    /// in the order the network delivers them.
+    fn delivery_order(reorder: f64) -> Vec<u64> {
+        let mut config = SimConfig::new(3, 3);
+        config.faults = Vec::new();
+        let mut sim = Simulation::new(config);
+        sim.queue = EventQueue::default();
+        sim.network.reorder = reorder;
+        for round in 0..200 {
+            let message = Message {
+                group: GroupId(0),
+                from: NodeId(1),
+                to: NodeId(2),
+                term: Term(1),
+                body: MessageBody::Heartbeat {
+                    commit: LogIndex(0),
+                    read_round: round,
+                },
+            };
+            sim.send(NodeId(1), NodeId(2), PeerMessage::Raft(message));
+            sim.now += 50; // a message every 50 µs, well under the jitter
+        }
+        let mut order = Vec::new();
+        while let Some(next) = sim.queue.pop() {
+            if let Some(Action::Deliver {
+                message: PeerMessage::Raft(message),
+                ..
+            }) = sim.actions[next.slot].take()
+            {
+                if let MessageBody::Heartbeat { read_round, .. } = message.body {
+                    order.push(read_round);
+                }
+            }
+        }
+        order
+    }
+
+    #[test]
+    fn a_link_delivers_in_order_unless_the_reorder_fault_is_on() {
+        let in_order = delivery_order(0.0);
+        assert_eq!(in_order, (0..200).collect::<Vec<u64>>());
+        let reordered = delivery_order(0.5);
+        assert_eq!(reordered.len(), 200);
+        assert!(
+            reordered.windows(2).any(|pair| pair[0] > pair[1]),
+            "the reorder fault reordered nothing"
+        );
+    }
 }
