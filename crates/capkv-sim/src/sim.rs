@@ -652,16 +652,19 @@ impl Simulation {
                 panic!("simulated storage cannot fail: {error}");
             }
         }
-        // The turn's events are checked when its sync completes: what a
-        // crash wipes out before then never happened to anyone outside.
-        self.nodes[index].in_flight = Some(ready);
-        // An fsync takes 0.2 to 2 ms; a turn without one, a few microseconds.
-        let delay = if had_batch {
-            self.rng.range(200, 2_000)
+        if had_batch {
+            // The turn's events are checked when its sync completes: what a
+            // crash wipes out before then never happened to anyone outside.
+            // An fsync takes 0.2 to 2 ms.
+            self.nodes[index].in_flight = Some(ready);
+            let delay = self.rng.range(200, 2_000);
+            self.schedule(delay, Action::TurnDone(id));
         } else {
-            self.rng.range(5, 50)
-        };
-        self.schedule(delay, Action::TurnDone(id));
+            // A turn without an fsync takes a few microseconds: its outputs
+            // leave that much later, without an event of its own.
+            let delay = self.rng.range(5, 50);
+            self.release(index, ready, delay);
+        }
     }
 
     fn check_events(&mut self, index: usize, ready: &NodeReady) {
@@ -743,21 +746,29 @@ impl Simulation {
 
     fn on_turn_done(&mut self, id: NodeId) {
         let index = self.node_index(id);
-        let Some(mut ready) = self.nodes[index].in_flight.take() else {
+        let Some(ready) = self.nodes[index].in_flight.take() else {
             return; // the node crashed while syncing: its outputs died too
         };
         if let Err(error) = self.nodes[index].storage.sync() {
             panic!("simulated storage cannot fail: {error}");
         }
+        self.release(index, ready, 0);
+        self.run_turn(index);
+    }
+
+    /// Checks a finished turn's events and sends its messages and answers,
+    /// `after` from now.
+    fn release(&mut self, index: usize, mut ready: NodeReady, after: Micros) {
+        let id = self.nodes[index].id;
         self.check_events(index, &ready);
         for (to, message) in ready.messages.drain(..) {
-            self.send(id, to, message);
+            self.send(id, to, message, after);
         }
         for (request_id, response) in ready.responses.drain(..) {
             let Some(client) = self.nodes[index].request_clients.remove(&request_id) else {
                 continue;
             };
-            let delay = self.rng.range(100, 1_000);
+            let delay = after + self.rng.range(100, 1_000);
             self.schedule(
                 delay,
                 Action::ClientResponse {
@@ -769,10 +780,10 @@ impl Simulation {
         }
         ready.events.clear();
         self.nodes[index].spare = ready;
-        self.run_turn(index);
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, message: PeerMessage) {
+    /// Puts `message` on the network `after` from now.
+    fn send(&mut self, from: NodeId, to: NodeId, message: PeerMessage, after: Micros) {
         if self.handoff.is_some() {
             self.maybe_deafen(from, &message);
         }
@@ -785,6 +796,7 @@ impl Simulation {
         if self.rng.chance(self.network.duplicate) {
             // A stray second copy (a retransmission): it keeps no order.
             let (delay, _) = self.delivery_delay();
+            let delay = after + delay;
             let copy = message.clone();
             self.schedule(
                 delay,
@@ -795,7 +807,8 @@ impl Simulation {
                 },
             );
         }
-        let (mut delay, reordered) = self.delivery_delay();
+        let (delay, reordered) = self.delivery_delay();
+        let mut delay = after + delay;
         if !reordered {
             // A link is one connection, and a connection keeps order: a
             // message never overtakes the one sent before it on its link.
@@ -1454,7 +1467,7 @@ mod tests {
                     read_round: round,
                 },
             };
-            sim.send(NodeId(1), NodeId(2), PeerMessage::Raft(message));
+            sim.send(NodeId(1), NodeId(2), PeerMessage::Raft(message), 0);
             sim.now += 50; // a message every 50 µs, well under the jitter
         }
         let mut order = Vec::new();
