@@ -223,8 +223,12 @@ pub enum NodeError {
 /// delivers `responses`.
 #[derive(Debug, Default)]
 pub struct NodeReady {
-    /// Durable state to write and sync first.
+    /// Durable state to write first, and sync when `must_sync` is set.
     pub batch: WriteBatch,
+    /// Whether `batch` must be synced before the messages and responses go
+    /// out. A batch without it (a commit index, a local snapshot) may be
+    /// written without a sync, in order with every other batch.
+    pub must_sync: bool,
     /// Messages to peers (destination, message), after the sync.
     pub messages: Vec<(NodeId, PeerMessage)>,
     /// Answers to the driver's requests, after the sync, by request id.
@@ -676,11 +680,16 @@ impl Node {
         out
     }
 
-    /// Like [`Node::ready`], appending to `out`: a driver that hands back
-    /// the emptied vectors of its last turn allocates nothing per turn.
+    /// Like [`Node::ready`], appending to `out` (and setting its
+    /// `must_sync`, never clearing it): a driver that hands back the emptied
+    /// vectors of its last turn, with `must_sync` cleared, allocates nothing
+    /// per turn.
     pub fn ready_into(&mut self, out: &mut NodeReady) {
         if let Some(boot) = self.boot_unsaved.take() {
+            // Forward ids grow from the boot epoch: a lost epoch would let
+            // the next life reuse ids its leader already served.
             persist::write_boot(&mut out.batch, boot);
+            out.must_sync = true;
         }
         // A leader's own append becomes countable in `advance`, which may
         // commit and produce more work; a few rounds reach a fixed point.
@@ -693,8 +702,11 @@ impl Node {
         self.maybe_snapshot(&mut out.batch);
         let mut ap_messages = Vec::new();
         let mut ap_responses = Vec::new();
+        let ops_before = out.batch.ops.len();
         self.dynamo
             .take_ready(&mut out.batch, &mut ap_messages, &mut ap_responses);
+        // An ap replica acknowledges what it stored: durable first.
+        out.must_sync |= out.batch.ops.len() > ops_before;
         out.responses.append(&mut self.responses);
         out.responses.extend(
             ap_responses
@@ -712,6 +724,7 @@ impl Node {
     fn ready_round(&mut self, out: &mut NodeReady) {
         let group = self.raft.group();
         let mut ready = self.raft.ready();
+        out.must_sync |= ready.must_sync;
         // Step 1: durable state, in one batch.
         if let Some(snapshot) = &ready.snapshot {
             persist::write_snapshot(&mut out.batch, group, snapshot, true);

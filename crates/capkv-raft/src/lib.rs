@@ -23,8 +23,12 @@
 //!
 //! 1. Persist `snapshot` (if any), then `entries` (replacing any persisted
 //!    entries at the same or later indexes), then `hard_state`, as one atomic
-//!    batch, and sync it. A vote, a term, and an appended entry are therefore
-//!    durable before any message that reveals them leaves the node.
+//!    batch, and sync it when `must_sync` says so. A vote, a term, and an
+//!    appended entry are therefore durable before any message that reveals
+//!    them leaves the node. A batch that only moves the commit index needs no
+//!    sync: losing it in a crash loses nothing the node promised anyone (it
+//!    learns the commit index again from the leader), but it must not be
+//!    reordered after a later synced batch.
 //! 2. Only then send `messages`. (A leader counts its own entries towards a
 //!    quorum only after `advance`, so it too never counts an entry it could
 //!    still lose.)

@@ -69,6 +69,11 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Role and leader, when they changed.
     pub soft_state: Option<SoftState>,
+    /// Whether step 1 must sync: true when it holds a snapshot, entries, or
+    /// a new term or vote. A hard state that only moves the commit index may
+    /// be written without a sync (etcd's `MustSync`): a commit index lost in
+    /// a crash is learned again from the leader.
+    pub must_sync: bool,
 }
 
 /// Why a proposal or read was not accepted. Each is an operating condition,
@@ -1227,14 +1232,20 @@ impl Raft {
                 .0
                 .min(self.log.applied.0 + self.config.apply_entries_max as u64),
         );
+        let entries = self.log.unstable_entries();
+        let must_sync = snapshot.is_some()
+            || !entries.is_empty()
+            || hard_state.term != self.last_hard_state.term
+            || hard_state.vote != self.last_hard_state.vote;
         Ready {
             hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
             snapshot,
-            entries: self.log.unstable_entries(),
+            entries,
             messages: self.take_messages(),
             committed_entries: self.log.range(self.log.applied.next(), apply_to),
             read_states: std::mem::take(&mut self.read_states),
             soft_state: (soft_state != self.last_soft_state).then_some(soft_state),
+            must_sync,
         }
     }
 

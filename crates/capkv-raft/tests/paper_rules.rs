@@ -466,6 +466,50 @@ fn section_5_3_appends_lost_in_flight_are_resent_after_a_heartbeat_interval() {
     assert_eq!(cluster.agreed_leader().map(|(id, _)| id), Some(leader));
 }
 
+/// Output contract step 1: a `Ready` whose only durable change is the commit
+/// index needs no sync, so a follower that learns of a commit and a leader
+/// that applies one do not wait for the disk. (The harness loses unsynced
+/// writes on a crash and checks every message against what was synced, so
+/// a `must_sync` missing where it matters fails the other tests.)
+#[test]
+fn output_contract_a_ready_that_only_moves_the_commit_index_needs_no_sync() {
+    let mut cluster = default_cluster(3);
+    let (leader, _) = cluster.elect(6 * ELECTION_TIMEOUT_TICKS);
+    cluster.stabilize();
+    let before: Vec<usize> = cluster
+        .ids()
+        .iter()
+        .map(|id| cluster.node(*id).unsynced_hard_states)
+        .collect();
+    for i in 0..5 {
+        cluster
+            .propose(leader, format!("c{i}").as_bytes())
+            .expect("leader accepts proposals");
+        cluster.stabilize();
+    }
+    for (id, before) in cluster.ids().into_iter().zip(before) {
+        let unsynced = cluster.node(id).unsynced_hard_states - before;
+        assert!(
+            unsynced >= 5,
+            "{id} synced {} commit-only writes",
+            5 - unsynced.min(5)
+        );
+        assert_eq!(cluster.applied_data(id).len(), 5);
+    }
+    // A crash loses those commit indexes, not a single committed entry.
+    for id in cluster.ids() {
+        cluster.crash_restart(id);
+    }
+    let (leader, _) = cluster.elect(6 * ELECTION_TIMEOUT_TICKS);
+    cluster
+        .propose(leader, b"after")
+        .expect("leader accepts proposals");
+    cluster.stabilize();
+    for id in cluster.ids() {
+        assert_eq!(cluster.applied_data(id).len(), 6, "{id} lost an entry");
+    }
+}
+
 // ----- thesis §9.6 PreVote and §6.2 CheckQuorum -----
 
 /// Thesis §9.6 PreVote: "a candidate first asks whether its log is up-to-date enough to get votes" — an isolated node does not inflate its term.

@@ -142,9 +142,14 @@ pub fn run(
             if !ready.batch.is_empty() {
                 let ops = ready.batch.ops.len();
                 storage.write(ready.batch)?;
-                let started = Instant::now();
-                storage.sync()?;
-                metrics.observe_sync(started.elapsed(), ops);
+                // A batch that only moves the commit index (or stores a
+                // local snapshot) goes out without an fsync of its own; the
+                // next synced batch carries it.
+                if ready.must_sync {
+                    let started = Instant::now();
+                    storage.sync()?;
+                    metrics.observe_sync(started.elapsed(), ops);
+                }
             }
             for (to, message) in ready.messages {
                 // A full queue or unknown peer drops the message; Raft

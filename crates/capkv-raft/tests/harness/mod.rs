@@ -68,8 +68,11 @@ pub struct Node {
     pub config: Config,
     /// The Raft instance (replaced by a fresh one on restart).
     pub raft: Raft,
-    /// What survives a crash.
+    /// What survives a crash: what was written up to the last sync.
     pub persisted: Persisted,
+    /// Everything written, synced or not (output contract step 1 syncs only
+    /// when `Ready::must_sync` says so).
+    pub written: Persisted,
     /// The state machine: every entry applied so far, index `i` at `i - 1`
     /// (a snapshot's contents included, so it always starts at index 1).
     pub applied: Vec<Entry>,
@@ -79,6 +82,8 @@ pub struct Node {
     pub snapshots_installed: usize,
     /// How many `Ready`s carried entries to persist.
     pub readies_with_entries: usize,
+    /// How many `Ready`s wrote a hard state without a sync.
+    pub unsynced_hard_states: usize,
 }
 
 impl Node {
@@ -94,11 +99,13 @@ impl Node {
         Node {
             config,
             raft,
+            written: persisted.clone(),
             persisted,
             applied,
             read_states: Vec::new(),
             snapshots_installed: 0,
             readies_with_entries: 0,
+            unsynced_hard_states: 0,
         }
     }
 
@@ -107,31 +114,36 @@ impl Node {
         if let Some(snapshot) = &ready.snapshot {
             // Raft dropped its whole log for the snapshot; the durable log
             // follows, so a restart sees exactly what the instance saw.
-            self.persisted.snapshot = snapshot.clone();
-            self.persisted.entries.clear();
+            self.written.snapshot = snapshot.clone();
+            self.written.entries.clear();
         }
         if let Some(first) = ready.entries.first() {
             assert!(
-                first.index > self.persisted.snapshot.meta.index
-                    && first.index <= self.persisted.last_index().next(),
+                first.index > self.written.snapshot.meta.index
+                    && first.index <= self.written.last_index().next(),
                 "{}: Ready entries start at {} but the durable log ends at {}",
                 self.config.id,
                 first.index,
-                self.persisted.last_index()
+                self.written.last_index()
             );
-            self.persisted
+            self.written
                 .entries
                 .retain(|entry| entry.index < first.index);
-            self.persisted.entries.extend(ready.entries.iter().cloned());
+            self.written.entries.extend(ready.entries.iter().cloned());
             self.readies_with_entries += 1;
         }
         if let Some(hard_state) = ready.hard_state {
             assert!(
-                hard_state.term >= self.persisted.hard_state.term,
+                hard_state.term >= self.written.hard_state.term,
                 "{}: persisted term goes backwards",
                 self.config.id
             );
-            self.persisted.hard_state = hard_state;
+            self.written.hard_state = hard_state;
+        }
+        if ready.must_sync {
+            self.persisted = self.written.clone();
+        } else if ready.hard_state.is_some() {
+            self.unsynced_hard_states += 1;
         }
     }
 
