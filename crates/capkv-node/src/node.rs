@@ -1,4 +1,4 @@
-use crate::kv::{Applied, BucketMode, Command, KvState, Versioned};
+use crate::kv::{Applied, BucketMode, Command, CommandView, KvState, Versioned};
 use crate::persist;
 use capkv_core::{GroupId, LogIndex, NodeId, SeenIds, StableHasher, Term};
 use capkv_dynamo::{
@@ -804,18 +804,16 @@ impl Node {
         });
         let result = match entry.kind {
             EntryKind::Noop => None,
-            EntryKind::Normal => match postcard::from_bytes::<Command>(&entry.data) {
+            // Decoded in place: the state copies only what it keeps.
+            EntryKind::Normal => match postcard::from_bytes::<CommandView>(&entry.data) {
                 Ok(command) => {
-                    let ap_bucket = match &command {
-                        Command::CreateBucket { name, spec } => {
-                            spec.ap_spec().map(|spec| (name.clone(), spec))
-                        }
-                        _ => None,
-                    };
-                    let applied = self.kv.apply(entry.index.0, command);
-                    if let (Some((name, spec)), Applied::BucketReady { .. }) = (ap_bucket, &applied)
+                    let applied = self.kv.apply_view(entry.index.0, &command);
+                    if let (CommandView::CreateBucket { name, spec }, Applied::BucketReady { .. }) =
+                        (&command, &applied)
                     {
-                        self.dynamo.add_bucket(name, spec);
+                        if let Some(spec) = spec.ap_spec() {
+                            self.dynamo.add_bucket((*name).to_owned(), spec);
+                        }
                     }
                     Some(applied)
                 }
