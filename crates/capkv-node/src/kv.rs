@@ -411,36 +411,38 @@ impl KvState {
         if !self.image.buckets.contains_key(bucket) {
             return Applied::BucketNotFound;
         }
+        // One search finds the key for the check and for the change.
+        let current = self
+            .image
+            .entries
+            .get_mut(bucket)
+            .and_then(|keys| keys.get_mut(key));
         if let Some(expected) = expected {
-            let current = self.get(bucket, key);
-            if !expected.matches(current) {
+            if !expected.matches(current.as_deref()) {
                 return Applied::CasFailed {
                     current_version: current.map_or(0, |current| current.version),
                 };
             }
         }
-        match value {
-            Some(value) => {
-                self.set(bucket, key, value, index);
+        match (value, current) {
+            (Some(value), Some(current)) => {
+                overwrite(&mut current.value, value);
+                current.version = index;
                 Applied::Written { version: index }
             }
-            None => Applied::Deleted {
+            (Some(value), None) => {
+                self.insert(bucket, key, value, index);
+                Applied::Written { version: index }
+            }
+            (None, Some(_)) => Applied::Deleted {
                 existed: self.remove(bucket, key),
             },
+            (None, None) => Applied::Deleted { existed: false },
         }
     }
 
-    fn set(&mut self, bucket: &str, key: &str, value: &[u8], version: u64) {
-        if let Some(versioned) = self
-            .image
-            .entries
-            .get_mut(bucket)
-            .and_then(|keys| keys.get_mut(key))
-        {
-            overwrite(&mut versioned.value, value);
-            versioned.version = version;
-            return;
-        }
+    /// Adds a key that is absent.
+    fn insert(&mut self, bucket: &str, key: &str, value: &[u8], version: u64) {
         let versioned = Versioned {
             value: value.to_vec(),
             version,
