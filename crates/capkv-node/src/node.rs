@@ -846,17 +846,17 @@ impl Node {
         self.respond(pending.requester, response);
     }
 
+    /// Answers, in order, the confirmed reads the state machine has caught
+    /// up with. They leave the queue by value: a read's strings are not
+    /// copied to serve it.
     fn serve_reads(&mut self) {
-        let applied = self.applied;
-        let mut ready = Vec::new();
-        self.reads_awaiting_apply.retain(|read| {
-            if read.0 > applied {
-                return true;
+        let mut at = 0;
+        while at < self.reads_awaiting_apply.len() {
+            if self.reads_awaiting_apply[at].0 > self.applied {
+                at += 1;
+                continue;
             }
-            ready.push(read.clone());
-            false
-        });
-        for (_, requester, bucket, key) in ready {
+            let (_, requester, bucket, key) = self.reads_awaiting_apply.remove(at);
             let response = self.read_now(&bucket, &key);
             self.respond(requester, response);
         }
