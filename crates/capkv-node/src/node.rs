@@ -294,6 +294,9 @@ pub struct Node {
     messages: Vec<(NodeId, PeerMessage)>,
     /// Index of the last snapshot taken or installed.
     snapshot_index: LogIndex,
+    /// No entry of the log on storage (counting the batches handed out) is
+    /// above this index, so entries appended past it replace nothing.
+    log_persisted_last: LogIndex,
     /// Index of the last entry applied to `kv` (Raft learns of it only at
     /// `advance`, after reads in the same turn were served).
     applied: LogIndex,
@@ -311,6 +314,12 @@ impl Node {
             }
         })?;
         let snapshot_index = durable.snapshot.meta.index;
+        // Recovery reads every stored entry after the snapshot (a gap is
+        // corruption), so the last one read is the last one stored.
+        let log_persisted_last = durable
+            .entries
+            .last()
+            .map_or(snapshot_index, |entry| entry.index);
         // Request ids carry the boot epoch, so ids from this life are above
         // every id of an earlier one (a peer's duplicate filter and a late
         // answer to an earlier life's request both depend on it).
@@ -340,6 +349,7 @@ impl Node {
             responses: Vec::new(),
             messages: Vec::new(),
             snapshot_index,
+            log_persisted_last,
             applied: snapshot_index,
         })
     }
@@ -715,9 +725,16 @@ impl Node {
         // Step 1: durable state, in one batch.
         if let Some(snapshot) = &ready.snapshot {
             persist::write_snapshot(&mut out.batch, group, snapshot, true);
+            self.log_persisted_last = LogIndex(0);
         }
-        persist::write_entries(&mut out.batch, group, &ready.entries);
+        persist::write_entries(
+            &mut out.batch,
+            group,
+            &ready.entries,
+            self.log_persisted_last,
+        );
         if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last()) {
+            self.log_persisted_last = last.index;
             out.events.push(NodeEvent::LogAppended {
                 group,
                 first: first.index,

@@ -91,16 +91,26 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 /// Appends `entries` to the batch, first removing any persisted entries at
 /// or after the first one (a follower's log may have been truncated).
-pub fn write_entries(batch: &mut WriteBatch, group: GroupId, entries: &[Entry]) {
+/// `persisted_last` bounds the persisted entries from above: an append past
+/// it, the usual case, has nothing to remove and writes no range delete.
+pub fn write_entries(
+    batch: &mut WriteBatch,
+    group: GroupId,
+    entries: &[Entry],
+    persisted_last: LogIndex,
+) {
     let Some(first) = entries.first() else {
         return;
     };
-    batch.reserve(entries.len() + 1);
-    batch.delete_range(
-        LOG,
-        log_key(group, first.index),
-        log_key(group, LogIndex(u64::MAX)),
-    );
+    let replaces = first.index <= persisted_last;
+    batch.reserve(entries.len() + usize::from(replaces));
+    if replaces {
+        batch.delete_range(
+            LOG,
+            log_key(group, first.index),
+            log_key(group, LogIndex(u64::MAX)),
+        );
+    }
     for entry in entries {
         batch.put(
             LOG,
@@ -235,6 +245,48 @@ mod tests {
         let mut expected = group.0.to_be_bytes().to_vec();
         expected.push(b'h');
         assert_eq!(state_key(group, b'h'), expected);
+    }
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|index| Entry {
+                term: Term(1),
+                index: LogIndex(index),
+                kind: EntryKind::Normal,
+                data: vec![index as u8],
+            })
+            .collect()
+    }
+
+    fn range_deletes(batch: &WriteBatch) -> usize {
+        batch
+            .ops
+            .iter()
+            .filter(|op| matches!(op, capkv_storage::WriteOp::DeleteRange { .. }))
+            .count()
+    }
+
+    /// An append past the last persisted entry writes no range delete, an
+    /// overwrite of persisted entries removes them and everything after:
+    /// either way the stored log ends up the same.
+    #[test]
+    fn only_an_overwrite_removes_persisted_entries() {
+        let group = GroupId(0);
+        let mut storage = capkv_storage::MemStorage::new();
+        let mut batch = WriteBatch::new();
+        write_entries(&mut batch, group, &entries(1..=5), LogIndex(0));
+        assert_eq!(range_deletes(&batch), 0);
+        storage.write(batch).unwrap();
+        let mut batch = WriteBatch::new();
+        write_entries(&mut batch, group, &entries(6..=7), LogIndex(5));
+        assert_eq!(range_deletes(&batch), 0);
+        storage.write(batch).unwrap();
+        let mut batch = WriteBatch::new();
+        write_entries(&mut batch, group, &entries(3..=4), LogIndex(7));
+        assert_eq!(range_deletes(&batch), 1);
+        storage.write(batch).unwrap();
+        storage.sync().unwrap();
+        assert_eq!(load(&storage, group).unwrap().entries, entries(1..=4));
     }
 
     /// Values are plain postcard, whatever the buffer was sized for, and the
