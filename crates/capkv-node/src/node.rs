@@ -705,18 +705,28 @@ impl Node {
         let mut ap_responses = Vec::new();
         self.dynamo
             .take_ready(&mut out.batch, &mut ap_messages, &mut ap_responses);
-        out.responses.append(&mut self.responses);
-        out.responses.extend(
-            ap_responses
-                .into_iter()
-                .map(|(id, response)| (id, Response::Ap(response))),
-        );
-        out.messages.append(&mut self.messages);
-        out.messages.extend(
-            ap_messages
-                .into_iter()
-                .map(|(to, message)| (to, PeerMessage::Dynamo(Box::new(message)))),
-        );
+        // Most turns have no answers and no ap traffic: moving empty
+        // vectors costs more than asking whether they are empty.
+        if !self.responses.is_empty() {
+            out.responses.append(&mut self.responses);
+        }
+        if !ap_responses.is_empty() {
+            out.responses.extend(
+                ap_responses
+                    .into_iter()
+                    .map(|(id, response)| (id, Response::Ap(response))),
+            );
+        }
+        if !self.messages.is_empty() {
+            out.messages.append(&mut self.messages);
+        }
+        if !ap_messages.is_empty() {
+            out.messages.extend(
+                ap_messages
+                    .into_iter()
+                    .map(|(to, message)| (to, PeerMessage::Dynamo(Box::new(message)))),
+            );
+        }
     }
 
     fn ready_round(&mut self, out: &mut NodeReady) {
