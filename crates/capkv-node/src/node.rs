@@ -652,7 +652,7 @@ impl Node {
     }
 
     fn propose(&mut self, requester: Requester, command: Command) {
-        let data = postcard::to_allocvec(&command).expect("commands serialise");
+        let data = command.encode();
         match self.raft.propose(data) {
             Ok((index, term)) => {
                 self.pending_writes

@@ -52,8 +52,14 @@ const ENCODED_FIELDS_MAX: usize = 31;
 /// room for `data_len` data bytes and the fixed fields, instead of one grown
 /// step by step.
 fn encode<T: serde::Serialize>(value: &T, data_len: usize) -> Vec<u8> {
-    let buffer = PresizedVec(Vec::with_capacity(data_len + ENCODED_FIELDS_MAX));
-    postcard::serialize_with_flavor(value, buffer).expect("raft types serialise")
+    encode_with_capacity(value, data_len + ENCODED_FIELDS_MAX)
+}
+
+/// The postcard bytes of `value`, in a buffer allocated with `capacity`
+/// bytes (it grows if they do not suffice).
+pub(crate) fn encode_with_capacity<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8> {
+    let buffer = PresizedVec(Vec::with_capacity(capacity));
+    postcard::serialize_with_flavor(value, buffer).expect("raft and node types serialise")
 }
 
 /// The longest varint postcard writes (a u64).
