@@ -409,35 +409,7 @@ impl Node {
             PeerMessage::Forward {
                 forward_id,
                 request,
-            } => {
-                if !self.raft.voters().contains(&from) || from == self.config.id {
-                    return;
-                }
-                let limit = self.config.forwards_max;
-                if !self
-                    .forwards_seen
-                    .entry(from)
-                    .or_default()
-                    .insert(forward_id, limit)
-                {
-                    return; // a duplicate: the first copy is answered
-                }
-                let requester = Requester::Remote {
-                    node: from,
-                    forward_id,
-                };
-                if self.raft.role() != Role::Leader && !is_stale_read(&request) {
-                    // One hop only: a forwarded request is never forwarded
-                    // again, so a stale leader hint cannot make a loop.
-                    let leader = self.raft.leader();
-                    self.respond(
-                        requester,
-                        Response::Failed(RequestError::NotLeader { leader }),
-                    );
-                    return;
-                }
-                self.serve(requester, *request);
-            }
+            } => self.handle_forward(from, forward_id, *request),
             PeerMessage::Forwarded {
                 forward_id,
                 response,
@@ -448,6 +420,40 @@ impl Node {
             }
             PeerMessage::Dynamo(message) => self.dynamo.handle_message(from, *message),
         }
+    }
+
+    /// A follower's client request, forwarded here. Kept out of
+    /// `handle_peer_message`, whose Raft path every message takes, so that
+    /// path does not pay for this one's frame.
+    #[inline(never)]
+    fn handle_forward(&mut self, from: NodeId, forward_id: u64, request: Request) {
+        if !self.raft.voters().contains(&from) || from == self.config.id {
+            return;
+        }
+        let limit = self.config.forwards_max;
+        if !self
+            .forwards_seen
+            .entry(from)
+            .or_default()
+            .insert(forward_id, limit)
+        {
+            return; // a duplicate: the first copy is answered
+        }
+        let requester = Requester::Remote {
+            node: from,
+            forward_id,
+        };
+        if self.raft.role() != Role::Leader && !is_stale_read(&request) {
+            // One hop only: a forwarded request is never forwarded
+            // again, so a stale leader hint cannot make a loop.
+            let leader = self.raft.leader();
+            self.respond(
+                requester,
+                Response::Failed(RequestError::NotLeader { leader }),
+            );
+            return;
+        }
+        self.serve(requester, request);
     }
 
     /// A client request, answered in a later `ready` under `request_id`.
