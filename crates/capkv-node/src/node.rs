@@ -855,18 +855,21 @@ impl Node {
                 Err(_) => None,
             },
         };
-        // Proposals below an applied index can no longer commit.
-        let stale: Vec<LogIndex> = self
-            .pending_writes
-            .range(..entry.index)
-            .map(|(index, _)| *index)
-            .collect();
-        for index in stale {
-            if let Some(pending) = self.pending_writes.remove(&index) {
-                self.respond(pending.requester, Response::Failed(RequestError::Dropped));
+        // Proposals below an applied index can no longer commit. Entries
+        // apply in order, so those and this entry's are the first ones.
+        while let Some(stale) = self.pending_writes.first_entry() {
+            if *stale.key() >= entry.index {
+                break;
             }
+            let stale = stale.remove();
+            self.respond(stale.requester, Response::Failed(RequestError::Dropped));
         }
-        let Some(pending) = self.pending_writes.remove(&entry.index) else {
+        let Some(pending) = self
+            .pending_writes
+            .first_entry()
+            .filter(|pending| *pending.key() == entry.index)
+            .map(|pending| pending.remove())
+        else {
             return;
         };
         let response = match result {
