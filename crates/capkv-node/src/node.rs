@@ -1,4 +1,4 @@
-use crate::kv::{Applied, BucketMode, Command, KvState, Versioned};
+use crate::kv::{Applied, BucketMode, Command, CommandView, KvState, Versioned};
 use crate::persist;
 use capkv_core::{GroupId, LogIndex, NodeId, SeenIds, StableHasher, Term};
 use capkv_dynamo::{
@@ -298,6 +298,9 @@ pub struct Node {
     messages: Vec<(NodeId, PeerMessage)>,
     /// Index of the last snapshot taken or installed.
     snapshot_index: LogIndex,
+    /// No entry of the log on storage (counting the batches handed out) is
+    /// above this index, so entries appended past it replace nothing.
+    log_persisted_last: LogIndex,
     /// Index of the last entry applied to `kv` (Raft learns of it only at
     /// `advance`, after reads in the same turn were served).
     applied: LogIndex,
@@ -315,6 +318,12 @@ impl Node {
             }
         })?;
         let snapshot_index = durable.snapshot.meta.index;
+        // Recovery reads every stored entry after the snapshot (a gap is
+        // corruption), so the last one read is the last one stored.
+        let log_persisted_last = durable
+            .entries
+            .last()
+            .map_or(snapshot_index, |entry| entry.index);
         // Request ids carry the boot epoch, so ids from this life are above
         // every id of an earlier one (a peer's duplicate filter and a late
         // answer to an earlier life's request both depend on it).
@@ -344,6 +353,7 @@ impl Node {
             responses: Vec::new(),
             messages: Vec::new(),
             snapshot_index,
+            log_persisted_last,
             applied: snapshot_index,
         })
     }
@@ -403,35 +413,7 @@ impl Node {
             PeerMessage::Forward {
                 forward_id,
                 request,
-            } => {
-                if !self.raft.voters().contains(&from) || from == self.config.id {
-                    return;
-                }
-                let limit = self.config.forwards_max;
-                if !self
-                    .forwards_seen
-                    .entry(from)
-                    .or_default()
-                    .insert(forward_id, limit)
-                {
-                    return; // a duplicate: the first copy is answered
-                }
-                let requester = Requester::Remote {
-                    node: from,
-                    forward_id,
-                };
-                if self.raft.role() != Role::Leader && !is_stale_read(&request) {
-                    // One hop only: a forwarded request is never forwarded
-                    // again, so a stale leader hint cannot make a loop.
-                    let leader = self.raft.leader();
-                    self.respond(
-                        requester,
-                        Response::Failed(RequestError::NotLeader { leader }),
-                    );
-                    return;
-                }
-                self.serve(requester, *request);
-            }
+            } => self.handle_forward(from, forward_id, *request),
             PeerMessage::Forwarded {
                 forward_id,
                 response,
@@ -442,6 +424,40 @@ impl Node {
             }
             PeerMessage::Dynamo(message) => self.dynamo.handle_message(from, *message),
         }
+    }
+
+    /// A follower's client request, forwarded here. Kept out of
+    /// `handle_peer_message`, whose Raft path every message takes, so that
+    /// path does not pay for this one's frame.
+    #[inline(never)]
+    fn handle_forward(&mut self, from: NodeId, forward_id: u64, request: Request) {
+        if !self.raft.voters().contains(&from) || from == self.config.id {
+            return;
+        }
+        let limit = self.config.forwards_max;
+        if !self
+            .forwards_seen
+            .entry(from)
+            .or_default()
+            .insert(forward_id, limit)
+        {
+            return; // a duplicate: the first copy is answered
+        }
+        let requester = Requester::Remote {
+            node: from,
+            forward_id,
+        };
+        if self.raft.role() != Role::Leader && !is_stale_read(&request) {
+            // One hop only: a forwarded request is never forwarded
+            // again, so a stale leader hint cannot make a loop.
+            let leader = self.raft.leader();
+            self.respond(
+                requester,
+                Response::Failed(RequestError::NotLeader { leader }),
+            );
+            return;
+        }
+        self.serve(requester, request);
     }
 
     /// A client request, answered in a later `ready` under `request_id`.
@@ -646,7 +662,7 @@ impl Node {
     }
 
     fn propose(&mut self, requester: Requester, command: Command) {
-        let data = postcard::to_allocvec(&command).expect("commands serialise");
+        let data = command.encode();
         match self.raft.propose(data) {
             Ok((index, term)) => {
                 self.pending_writes
@@ -707,18 +723,28 @@ impl Node {
             .take_ready(&mut out.batch, &mut ap_messages, &mut ap_responses);
         // An ap replica acknowledges what it stored: durable first.
         out.must_sync |= out.batch.ops.len() > ops_before;
-        out.responses.append(&mut self.responses);
-        out.responses.extend(
-            ap_responses
-                .into_iter()
-                .map(|(id, response)| (id, Response::Ap(response))),
-        );
-        out.messages.append(&mut self.messages);
-        out.messages.extend(
-            ap_messages
-                .into_iter()
-                .map(|(to, message)| (to, PeerMessage::Dynamo(Box::new(message)))),
-        );
+        // Most turns have no answers and no ap traffic: moving empty
+        // vectors costs more than asking whether they are empty.
+        if !self.responses.is_empty() {
+            out.responses.append(&mut self.responses);
+        }
+        if !ap_responses.is_empty() {
+            out.responses.extend(
+                ap_responses
+                    .into_iter()
+                    .map(|(id, response)| (id, Response::Ap(response))),
+            );
+        }
+        if !self.messages.is_empty() {
+            out.messages.append(&mut self.messages);
+        }
+        if !ap_messages.is_empty() {
+            out.messages.extend(
+                ap_messages
+                    .into_iter()
+                    .map(|(to, message)| (to, PeerMessage::Dynamo(Box::new(message)))),
+            );
+        }
     }
 
     fn ready_round(&mut self, out: &mut NodeReady) {
@@ -728,9 +754,16 @@ impl Node {
         // Step 1: durable state, in one batch.
         if let Some(snapshot) = &ready.snapshot {
             persist::write_snapshot(&mut out.batch, group, snapshot, true);
+            self.log_persisted_last = LogIndex(0);
         }
-        persist::write_entries(&mut out.batch, group, &ready.entries);
+        persist::write_entries(
+            &mut out.batch,
+            group,
+            &ready.entries,
+            self.log_persisted_last,
+        );
         if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last()) {
+            self.log_persisted_last = last.index;
             out.events.push(NodeEvent::LogAppended {
                 group,
                 first: first.index,
@@ -817,18 +850,16 @@ impl Node {
         });
         let result = match entry.kind {
             EntryKind::Noop => None,
-            EntryKind::Normal => match postcard::from_bytes::<Command>(&entry.data) {
+            // Decoded in place: the state copies only what it keeps.
+            EntryKind::Normal => match postcard::from_bytes::<CommandView>(&entry.data) {
                 Ok(command) => {
-                    let ap_bucket = match &command {
-                        Command::CreateBucket { name, spec } => {
-                            spec.ap_spec().map(|spec| (name.clone(), spec))
-                        }
-                        _ => None,
-                    };
-                    let applied = self.kv.apply(entry.index.0, command);
-                    if let (Some((name, spec)), Applied::BucketReady { .. }) = (ap_bucket, &applied)
+                    let applied = self.kv.apply_view(entry.index.0, &command);
+                    if let (CommandView::CreateBucket { name, spec }, Applied::BucketReady { .. }) =
+                        (&command, &applied)
                     {
-                        self.dynamo.add_bucket(name, spec);
+                        if let Some(spec) = spec.ap_spec() {
+                            self.dynamo.add_bucket((*name).to_owned(), spec);
+                        }
                     }
                     Some(applied)
                 }
@@ -837,18 +868,21 @@ impl Node {
                 Err(_) => None,
             },
         };
-        // Proposals below an applied index can no longer commit.
-        let stale: Vec<LogIndex> = self
-            .pending_writes
-            .range(..entry.index)
-            .map(|(index, _)| *index)
-            .collect();
-        for index in stale {
-            if let Some(pending) = self.pending_writes.remove(&index) {
-                self.respond(pending.requester, Response::Failed(RequestError::Dropped));
+        // Proposals below an applied index can no longer commit. Entries
+        // apply in order, so those and this entry's are the first ones.
+        while let Some(stale) = self.pending_writes.first_entry() {
+            if *stale.key() >= entry.index {
+                break;
             }
+            let stale = stale.remove();
+            self.respond(stale.requester, Response::Failed(RequestError::Dropped));
         }
-        let Some(pending) = self.pending_writes.remove(&entry.index) else {
+        let Some(pending) = self
+            .pending_writes
+            .first_entry()
+            .filter(|pending| *pending.key() == entry.index)
+            .map(|pending| pending.remove())
+        else {
             return;
         };
         let response = match result {
@@ -861,17 +895,17 @@ impl Node {
         self.respond(pending.requester, response);
     }
 
+    /// Answers, in order, the confirmed reads the state machine has caught
+    /// up with. They leave the queue by value: a read's strings are not
+    /// copied to serve it.
     fn serve_reads(&mut self) {
-        let applied = self.applied;
-        let mut ready = Vec::new();
-        self.reads_awaiting_apply.retain(|read| {
-            if read.0 > applied {
-                return true;
+        let mut at = 0;
+        while at < self.reads_awaiting_apply.len() {
+            if self.reads_awaiting_apply[at].0 > self.applied {
+                at += 1;
+                continue;
             }
-            ready.push(read.clone());
-            false
-        });
-        for (_, requester, bucket, key) in ready {
+            let (_, requester, bucket, key) = self.reads_awaiting_apply.remove(at);
             let response = self.read_now(&bucket, &key);
             self.respond(requester, response);
         }

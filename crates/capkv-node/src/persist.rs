@@ -52,9 +52,18 @@ const ENCODED_FIELDS_MAX: usize = 31;
 /// room for `data_len` data bytes and the fixed fields, instead of one grown
 /// step by step.
 fn encode<T: serde::Serialize>(value: &T, data_len: usize) -> Vec<u8> {
-    let buffer = PresizedVec(Vec::with_capacity(data_len + ENCODED_FIELDS_MAX));
-    postcard::serialize_with_flavor(value, buffer).expect("raft types serialise")
+    encode_with_capacity(value, data_len + ENCODED_FIELDS_MAX)
 }
+
+/// The postcard bytes of `value`, in a buffer allocated with `capacity`
+/// bytes (it grows if they do not suffice).
+pub(crate) fn encode_with_capacity<T: serde::Serialize>(value: &T, capacity: usize) -> Vec<u8> {
+    let buffer = PresizedVec(Vec::with_capacity(capacity));
+    postcard::serialize_with_flavor(value, buffer).expect("raft and node types serialise")
+}
+
+/// The longest varint postcard writes (a u64).
+const VARINT_BYTES_MAX: usize = 10;
 
 /// A postcard output appending to a `Vec` of our choosing: postcard's
 /// `AllocVec` cannot be given a capacity, and its `ExtendFlavor` copies
@@ -70,7 +79,15 @@ impl postcard::ser_flavors::Flavor for PresizedVec {
     }
 
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(bytes);
+        // Most calls carry a varint of a few bytes, which a call to memcpy
+        // copies more slowly than pushing them one by one.
+        if bytes.len() <= VARINT_BYTES_MAX {
+            for &byte in bytes {
+                self.0.push(byte);
+            }
+        } else {
+            self.0.extend_from_slice(bytes);
+        }
         Ok(())
     }
 
@@ -91,16 +108,26 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 /// Appends `entries` to the batch, first removing any persisted entries at
 /// or after the first one (a follower's log may have been truncated).
-pub fn write_entries(batch: &mut WriteBatch, group: GroupId, entries: &[Entry]) {
+/// `persisted_last` bounds the persisted entries from above: an append past
+/// it, the usual case, has nothing to remove and writes no range delete.
+pub fn write_entries(
+    batch: &mut WriteBatch,
+    group: GroupId,
+    entries: &[Entry],
+    persisted_last: LogIndex,
+) {
     let Some(first) = entries.first() else {
         return;
     };
-    batch.reserve(entries.len() + 1);
-    batch.delete_range(
-        LOG,
-        log_key(group, first.index),
-        log_key(group, LogIndex(u64::MAX)),
-    );
+    let replaces = first.index <= persisted_last;
+    batch.reserve(entries.len() + usize::from(replaces));
+    if replaces {
+        batch.delete_range(
+            LOG,
+            log_key(group, first.index),
+            log_key(group, LogIndex(u64::MAX)),
+        );
+    }
     for entry in entries {
         batch.put(
             LOG,
@@ -235,6 +262,48 @@ mod tests {
         let mut expected = group.0.to_be_bytes().to_vec();
         expected.push(b'h');
         assert_eq!(state_key(group, b'h'), expected);
+    }
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|index| Entry {
+                term: Term(1),
+                index: LogIndex(index),
+                kind: EntryKind::Normal,
+                data: vec![index as u8],
+            })
+            .collect()
+    }
+
+    fn range_deletes(batch: &WriteBatch) -> usize {
+        batch
+            .ops
+            .iter()
+            .filter(|op| matches!(op, capkv_storage::WriteOp::DeleteRange { .. }))
+            .count()
+    }
+
+    /// An append past the last persisted entry writes no range delete, an
+    /// overwrite of persisted entries removes them and everything after:
+    /// either way the stored log ends up the same.
+    #[test]
+    fn only_an_overwrite_removes_persisted_entries() {
+        let group = GroupId(0);
+        let mut storage = capkv_storage::MemStorage::new();
+        let mut batch = WriteBatch::new();
+        write_entries(&mut batch, group, &entries(1..=5), LogIndex(0));
+        assert_eq!(range_deletes(&batch), 0);
+        storage.write(batch).unwrap();
+        let mut batch = WriteBatch::new();
+        write_entries(&mut batch, group, &entries(6..=7), LogIndex(5));
+        assert_eq!(range_deletes(&batch), 0);
+        storage.write(batch).unwrap();
+        let mut batch = WriteBatch::new();
+        write_entries(&mut batch, group, &entries(3..=4), LogIndex(7));
+        assert_eq!(range_deletes(&batch), 1);
+        storage.write(batch).unwrap();
+        storage.sync().unwrap();
+        assert_eq!(load(&storage, group).unwrap().entries, entries(1..=4));
     }
 
     /// Values are plain postcard, whatever the buffer was sized for, and the

@@ -6,9 +6,10 @@
 //! type with a copy of its old definition (a plain `Vec<u8>`), both ways.
 
 use capkv_core::{LogIndex, Term};
-use capkv_node::{BucketSpec, Command, Expected, Versioned};
+use capkv_node::{BucketSpec, Command, Expected, KvState, Versioned};
 use capkv_raft::{Entry, EntryKind, Snapshot, SnapshotMeta};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 /// Byte strings around postcard's varint length boundaries.
@@ -188,5 +189,61 @@ fn commands_and_values_encode_as_before() {
             name: "n".into(),
             spec: BucketSpec::cp(3),
         },
+    );
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct OldImage {
+    buckets: BTreeMap<String, BucketSpec>,
+    entries: BTreeMap<(String, String), OldVersioned>,
+}
+
+/// Snapshots of the key-value state keep the layout of the old image, whose
+/// entries were one map keyed by (bucket, key), and decode from it.
+#[test]
+fn snapshots_of_the_state_encode_as_before() {
+    let mut kv = KvState::new();
+    let mut old = OldImage {
+        buckets: BTreeMap::new(),
+        entries: BTreeMap::new(),
+    };
+    assert_eq!(kv.to_snapshot(), postcard::to_allocvec(&old).unwrap());
+    let mut index = 0;
+    for bucket in ["b2", "a", "b"] {
+        index += 1;
+        let spec = BucketSpec::cp(3);
+        kv.apply(
+            index,
+            Command::CreateBucket {
+                name: bucket.into(),
+                spec: spec.clone(),
+            },
+        );
+        old.buckets.insert(bucket.into(), spec);
+        for (key, value) in ["k2", "", "k1"].into_iter().zip(samples()) {
+            index += 1;
+            kv.apply(
+                index,
+                Command::Put {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    value: value.clone(),
+                },
+            );
+            old.entries.insert(
+                (bucket.into(), key.into()),
+                OldVersioned {
+                    value,
+                    version: index,
+                },
+            );
+        }
+    }
+    let bytes = kv.to_snapshot();
+    assert_eq!(bytes, postcard::to_allocvec(&old).unwrap());
+    assert_eq!(KvState::from_snapshot(&bytes).unwrap(), kv);
+    assert_eq!(
+        postcard::from_bytes::<OldImage>(&bytes).expect("decodes"),
+        old
     );
 }
