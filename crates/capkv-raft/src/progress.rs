@@ -38,9 +38,11 @@ pub struct Progress {
     /// The commit index last sent in an append, so that a new commit index
     /// reaches a follower at once and an old one is not sent again.
     pub commit_sent: LogIndex,
-    /// Set at every interval heartbeat: the answer to it may force an append
-    /// to a follower that is behind, to find appends that were lost.
-    pub recovery_due: bool,
+    /// `matched` when the follower last answered a heartbeat. Links keep
+    /// order, so an append sent before a heartbeat is answered before it:
+    /// a follower still behind and no further along one heartbeat answer
+    /// later has most likely lost an append.
+    pub matched_at_heartbeat: LogIndex,
 }
 
 impl Progress {
@@ -55,7 +57,7 @@ impl Progress {
             recent_active: false,
             snapshot_elapsed_ticks: 0,
             commit_sent: LogIndex(0),
-            recovery_due: false,
+            matched_at_heartbeat: LogIndex(0),
         }
     }
 

@@ -323,9 +323,6 @@ impl Raft {
         }
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed_ticks = 0;
-            for progress in self.progress.values_mut() {
-                progress.recovery_due = true;
-            }
             self.broadcast_heartbeat();
         }
     }
@@ -602,12 +599,13 @@ impl Raft {
                             progress.become_probe();
                         }
                         let behind = progress.matched < self.log.last_index();
-                        // Once per heartbeat interval a follower that is
-                        // behind gets an append even with nothing new to send:
-                        // if appends in flight were lost, its refusal puts it
-                        // back in Probe.
-                        let recover = std::mem::take(&mut progress.recovery_due);
-                        behind.then_some(recover)
+                        // A follower behind that made no progress since its
+                        // last heartbeat answer gets an append even with
+                        // nothing new to send: if appends were lost, its
+                        // refusal puts it back in Probe.
+                        let stalled = progress.matched == progress.matched_at_heartbeat;
+                        progress.matched_at_heartbeat = progress.matched;
+                        behind.then_some(stalled)
                     }
                     None => None,
                 };
@@ -1066,7 +1064,7 @@ impl Raft {
 
     /// Sends `to` the entries it needs, unless its progress says to wait.
     /// `force` sends even an empty append (leadership transfer, and the
-    /// heartbeat's once-per-interval recovery probe).
+    /// recovery append to a follower that a heartbeat answer shows stalled).
     /// Returns true when it pipelined entries, so another append may follow.
     fn send_append(&mut self, to: NodeId, force: bool) -> bool {
         // One map lookup serves the whole function: this runs for every
@@ -1098,7 +1096,7 @@ impl Raft {
                 }
                 // Every entry is on its way: only a commit index the follower
                 // can use is worth a message (etcd's `CanBumpCommit`). A lost
-                // append is found by the heartbeat's recovery probe instead.
+                // append is found by the recovery append on a heartbeat answer.
                 ProgressState::Replicate => {
                     commit > progress.commit_sent && progress.commit_sent < prev_index
                 }

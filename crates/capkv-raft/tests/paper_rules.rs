@@ -446,8 +446,8 @@ fn section_5_3_empty_appends_carry_news_while_entries_are_in_flight() {
 
 /// §5.3 "if followers crash or run slowly, or if network packets are lost,
 /// the leader retries AppendEntries indefinitely": appends lost while the
-/// leader had nothing more to send are found by the next interval
-/// heartbeat, without waiting for a new write.
+/// leader had nothing more to send are found through the answers to its
+/// heartbeats, without waiting for a new write.
 #[test]
 fn section_5_3_appends_lost_in_flight_are_resent_after_a_heartbeat_interval() {
     let mut cluster = default_cluster(3);
