@@ -593,7 +593,6 @@ impl Dynamo {
         for (name, spec) in buckets {
             dynamo.add_bucket(name, spec);
         }
-        dynamo.refresh_gauges();
         Ok(dynamo)
     }
 
@@ -604,9 +603,13 @@ impl Dynamo {
         &self.ring
     }
 
-    /// Counters.
+    /// Counters, and the gauges as of now.
     pub fn stats(&self) -> DynamoStats {
-        self.stats
+        DynamoStats {
+            hints_pending: self.hints.len() as u64,
+            objects: self.store.values().map(|keys| keys.len() as u64).sum(),
+            ..self.stats
+        }
     }
 
     /// The key's replicas (its preference list cut at N).
@@ -859,6 +862,10 @@ impl Dynamo {
         messages: &mut Vec<(NodeId, DynamoMessage)>,
         responses: &mut Vec<(u64, ApResponse)>,
     ) {
+        if !self.has_ready() {
+            // Every turn asks, and a cp-only node never has anything.
+            return;
+        }
         if self.meta_dirty {
             self.meta_dirty = false;
             self.batch.put(
@@ -875,7 +882,6 @@ impl Dynamo {
         batch.append(&mut self.batch);
         messages.append(&mut self.messages);
         responses.append(&mut self.responses);
-        self.refresh_gauges();
     }
 
     // ----- coordinator: writes -----
@@ -1823,11 +1829,6 @@ impl Dynamo {
                 .messages
                 .push((node, DynamoMessage::Coordinated { req, response })),
         }
-    }
-
-    fn refresh_gauges(&mut self) {
-        self.stats.hints_pending = self.hints.len() as u64;
-        self.stats.objects = self.store.values().map(|keys| keys.len() as u64).sum();
     }
 }
 
