@@ -3,8 +3,9 @@
 //! Every input (ticks, peer messages, client requests) arrives on one bounded
 //! channel. The loop takes the first input, drains whatever else is already
 //! waiting (up to `inputs_per_turn_max`), runs the node until it is quiet,
-//! writes the turn's state as one batch with one fsync (group commit), and
-//! only then sends the turn's messages and answers its clients.
+//! writes the turn's state as one batch with one fsync (group commit; a turn
+//! that only learned a commit index writes without one), and only then sends
+//! the turn's messages and answers its clients.
 
 use crate::metrics::Metrics;
 use capkv_core::{LogIndex, NodeId, Term};
