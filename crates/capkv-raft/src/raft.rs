@@ -1208,6 +1208,26 @@ impl Raft {
     /// output contract and then call [`Raft::advance`] before stepping again.
     #[must_use]
     pub fn ready(&mut self) -> Ready {
+        let mut ready = self.ready_without_messages();
+        ready.messages = self.take_messages();
+        ready
+    }
+
+    /// Like [`Raft::ready`], but hands each message to `send`, in order,
+    /// instead of putting it in [`Ready::messages`], which stays empty. The
+    /// messages still belong to step 2 of the output contract: `send` must
+    /// only queue them. A driver that gathers messages in a vector of its own
+    /// allocates none per round this way.
+    #[must_use]
+    pub fn ready_sending(&mut self, send: impl FnMut(Message)) -> Ready {
+        let ready = self.ready_without_messages();
+        self.outbox.drain(..).for_each(send);
+        ready
+    }
+
+    /// Everything of [`Raft::ready`] but the messages, which stay in the
+    /// outbox for the caller to take.
+    fn ready_without_messages(&mut self) -> Ready {
         if self.broadcast_pending {
             self.broadcast_pending = false;
             self.broadcast_append();
@@ -1239,7 +1259,7 @@ impl Raft {
             hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
             snapshot,
             entries,
-            messages: self.take_messages(),
+            messages: Vec::new(),
             committed_entries: self.log.range(self.log.applied.next(), apply_to),
             read_states: std::mem::take(&mut self.read_states),
             soft_state: (soft_state != self.last_soft_state).then_some(soft_state),
