@@ -752,7 +752,7 @@ impl Node {
         // Step 2's messages go straight into `out` (the driver sends them
         // after the sync), without a vector of their own per round.
         let messages = &mut out.messages;
-        let ready = self
+        let mut ready = self
             .raft
             .ready_sending(|message| messages.push((message.to, PeerMessage::Raft(message))));
         out.must_sync |= ready.must_sync;
@@ -804,7 +804,7 @@ impl Node {
             }
         }
         self.serve_reads();
-        self.raft.advance(&ready);
+        self.raft.advance_reusing(&mut ready);
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot, out: &mut NodeReady) {
