@@ -749,7 +749,12 @@ impl Node {
 
     fn ready_round(&mut self, out: &mut NodeReady) {
         let group = self.raft.group();
-        let mut ready = self.raft.ready();
+        // Step 2's messages go straight into `out` (the driver sends them
+        // after the sync), without a vector of their own per round.
+        let messages = &mut out.messages;
+        let mut ready = self
+            .raft
+            .ready_sending(|message| messages.push((message.to, PeerMessage::Raft(message))));
         out.must_sync |= ready.must_sync;
         // Step 1: durable state, in one batch.
         if let Some(snapshot) = &ready.snapshot {
@@ -773,13 +778,6 @@ impl Node {
         if let Some(hard_state) = &ready.hard_state {
             persist::write_hard_state(&mut out.batch, group, hard_state);
         }
-        // Step 2: messages (the driver sends them after the sync).
-        // `advance` does not look at the messages: they move out uncopied.
-        out.messages.extend(
-            std::mem::take(&mut ready.messages)
-                .into_iter()
-                .map(|message| (message.to, PeerMessage::Raft(message))),
-        );
         if let Some(soft) = ready.soft_state {
             out.events.push(NodeEvent::RoleChanged {
                 group,
@@ -806,7 +804,7 @@ impl Node {
             }
         }
         self.serve_reads();
-        self.raft.advance(&ready);
+        self.raft.advance_reusing(&mut ready);
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot, out: &mut NodeReady) {

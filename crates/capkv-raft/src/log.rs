@@ -143,6 +143,27 @@ impl RaftLog {
         self.entries[start..=end].to_vec()
     }
 
+    /// Copies entries `from..=to` (both must be held) into `out`, replacing
+    /// what it held. `Raft::ready` fills the vectors of the previous `Ready`
+    /// this way instead of allocating new ones each round.
+    pub(crate) fn clone_range_into(&self, from: LogIndex, to: LogIndex, out: &mut Vec<Entry>) {
+        if to < from {
+            out.clear();
+            return;
+        }
+        assert!(
+            from >= self.first_index() && to <= self.last_index(),
+            "log range {from}..={to} outside {}..={}",
+            self.first_index(),
+            self.last_index()
+        );
+        let start = (from.0 - self.first_index().0) as usize;
+        let end = (to.0 - self.first_index().0) as usize;
+        let source = &self.entries[start..=end];
+        out.clear();
+        out.extend_from_slice(source);
+    }
+
     /// Appends a leader's own new entry.
     pub fn push(&mut self, entry: Entry) {
         assert_eq!(entry.index, self.last_index().next(), "leader log gap");
@@ -234,12 +255,14 @@ impl RaftLog {
         self.snapshot = snapshot;
     }
 
-    /// Entries not yet handed to the driver for persistence.
-    pub fn unstable_entries(&self) -> Vec<Entry> {
+    /// Copies the entries not yet handed to the driver for persistence into
+    /// `out`, replacing what it held (see [`RaftLog::clone_range_into`]).
+    pub(crate) fn clone_unstable_entries_into(&self, out: &mut Vec<Entry>) {
         if self.stable >= self.last_index() {
-            return Vec::new();
+            out.clear();
+            return;
         }
-        self.range(self.stable.next(), self.last_index())
+        self.clone_range_into(self.stable.next(), self.last_index(), out);
     }
 }
 
