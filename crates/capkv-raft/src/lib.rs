@@ -38,6 +38,10 @@
 //! 4. Serve each of `read_states` once the applied index reached its `index`.
 //! 5. Call [`Raft::advance`] with the same `Ready`.
 //!
+//! [`Raft::ready_sending`] and [`Raft::advance_reusing`] are the same steps
+//! for a driver that gathers messages in its own vector and hands the
+//! `Ready`'s vectors back for reuse; they change no step's meaning.
+//!
 //! The simulator checks this contract: a crash drops everything not synced
 //! in step 1, and its invariant checkers would see a lost vote or entry.
 //!
