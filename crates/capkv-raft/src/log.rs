@@ -129,18 +129,9 @@ impl RaftLog {
 
     /// Entries `from..=to` (both must be held).
     pub fn range(&self, from: LogIndex, to: LogIndex) -> Vec<Entry> {
-        if to < from {
-            return Vec::new();
-        }
-        assert!(
-            from >= self.first_index() && to <= self.last_index(),
-            "log range {from}..={to} outside {}..={}",
-            self.first_index(),
-            self.last_index()
-        );
-        let start = (from.0 - self.first_index().0) as usize;
-        let end = (to.0 - self.first_index().0) as usize;
-        self.entries[start..=end].to_vec()
+        let mut entries = Vec::new();
+        self.clone_range_into(from, to, &mut entries);
+        entries
     }
 
     /// Copies entries `from..=to` (both must be held) into `out`, replacing
