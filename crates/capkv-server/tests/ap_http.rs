@@ -10,14 +10,8 @@ use capkv_core::NodeId;
 use capkv_server::{PeerAddress, ServerConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 struct Cluster {
     members: BTreeMap<NodeId, PeerAddress>,
@@ -60,8 +54,8 @@ async fn ap_buckets_serve_siblings_contexts_sessions_and_stable_errors() {
         members.insert(
             NodeId(id),
             PeerAddress {
-                peer: free_port(),
-                http: Some(free_port()),
+                peer: capkv_testkit::loopback_address(),
+                http: Some(capkv_testkit::loopback_address()),
             },
         );
     }

@@ -9,14 +9,8 @@ use capkv_core::NodeId;
 use capkv_server::{PeerAddress, ServerConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_a_leader_and_serve_writes_through_any_node() {
@@ -27,8 +21,8 @@ async fn three_nodes_elect_a_leader_and_serve_writes_through_any_node() {
         members.insert(
             NodeId(id),
             PeerAddress {
-                peer: free_port(),
-                http: Some(free_port()),
+                peer: capkv_testkit::loopback_address(),
+                http: Some(capkv_testkit::loopback_address()),
             },
         );
     }

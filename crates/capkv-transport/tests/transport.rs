@@ -37,13 +37,6 @@ async fn bounded<F: Future<Output = ()>>(body: F) {
         .expect("test exceeded its time bound");
 }
 
-/// A port that was free a moment ago. Needed because peers must know each
-/// other's addresses before they start.
-fn free_port_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
 /// One running transport with its inbound channel and shutdown switch.
 struct TestNode {
     transport: Transport<TestMessage>,
@@ -85,7 +78,7 @@ impl TestNode {
 /// Configurations for a full mesh of `count` nodes with ids 1..=count.
 fn mesh(count: u64) -> Vec<TransportConfig> {
     let addresses: BTreeMap<NodeId, SocketAddr> = (1..=count)
-        .map(|id| (NodeId(id), free_port_address()))
+        .map(|id| (NodeId(id), capkv_testkit::loopback_address()))
         .collect();
     addresses
         .iter()

@@ -7,19 +7,13 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use serde_json::Value;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SECRET: &str = "integration-secret";
 pub const ADMIN: &str = "integration-admin";
-
-/// Ports the OS says are free right now.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 pub struct Member {
     pub id: u64,
@@ -48,8 +42,8 @@ impl Cluster {
         let members = (1..=n)
             .map(|id| Member {
                 id,
-                peer: free_addr(),
-                http: free_addr(),
+                peer: capkv_testkit::loopback_address(),
+                http: capkv_testkit::loopback_address(),
                 data_dir: base.join(format!("n{id}")),
                 child: None,
             })
@@ -137,23 +131,38 @@ impl Cluster {
         Some(body["groups"][0].clone())
     }
 
+    /// The last lines each of `ids` logged, for a failure message: a node
+    /// that does not answer has usually said why before it stopped.
+    pub fn log_tails(&self, ids: &[u64]) -> String {
+        let mut tails = String::new();
+        for id in ids {
+            let log = std::fs::read_to_string(self.base.join(format!("n{id}.log")))
+                .unwrap_or_else(|error| format!("(no log: {error})"));
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(12);
+            tails.push_str(&format!("\n--- n{id}.log, last lines ---\n"));
+            tails.push_str(&lines[from..].join("\n"));
+        }
+        tails
+    }
+
     /// Waits until every live node except `except` names the same leader,
     /// and returns it.
     pub async fn wait_for_leader(&self, except: Option<u64>, within: Duration) -> u64 {
         let started = Instant::now();
         loop {
             let mut leaders = Vec::new();
-            let mut all_answered = true;
+            let mut silent = Vec::new();
             for member in &self.members {
                 if Some(member.id) == except || member.child.is_none() {
                     continue;
                 }
                 match self.group(member.id).await {
                     Some(group) => leaders.push(group["leader"].as_u64()),
-                    None => all_answered = false,
+                    None => silent.push(member.id),
                 }
             }
-            if all_answered && !leaders.is_empty() {
+            if silent.is_empty() && !leaders.is_empty() {
                 if let Some(Some(leader)) = leaders.first() {
                     if Some(*leader) != except && leaders.iter().all(|l| *l == Some(*leader)) {
                         return *leader;
@@ -162,8 +171,10 @@ impl Cluster {
             }
             assert!(
                 started.elapsed() < within,
-                "no agreed leader within {within:?}; views: {leaders:?}; logs in {}",
-                self.base.display()
+                "no agreed leader within {within:?}; views: {leaders:?}; silent: {silent:?}; \
+                 logs in {}{}",
+                self.base.display(),
+                self.log_tails(&silent)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
