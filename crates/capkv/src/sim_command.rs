@@ -2,7 +2,9 @@
 
 use capkv_raft::DeliberateBugs;
 use capkv_sim::{DynamoBugs, Fault, SimConfig, Workload};
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::{Condvar, Mutex, PoisonError};
 
 /// Prints a line; a closed pipe (`capkv sim ... | head`) ends the program
 /// quietly instead of panicking.
@@ -57,6 +59,11 @@ pub struct SimArgs {
     /// Turn background anti-entropy off (ap workloads).
     #[arg(long)]
     no_anti_entropy: bool,
+    /// Threads a sweep runs seeds on (default: one per core). Each seed
+    /// runs alone on one thread and the output is printed in seed order, so
+    /// it is the same for any number of threads.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -145,6 +152,189 @@ fn build_configs(args: &SimArgs) -> Result<Vec<SimConfig>, String> {
     Ok(configs)
 }
 
+/// What one seed's run leaves for the sweep to print.
+struct SeedOutcome {
+    /// The timeline (when asked for) and the verdict lines, in order.
+    lines: Vec<String>,
+    passed: bool,
+    simulated_ms: u64,
+    /// The history file could not be written: the sweep stops, exit 2.
+    history_error: Option<String>,
+}
+
+/// Runs one seed and formats what it printed. A panic inside the simulation
+/// (an invariant assertion) is caught and reported as a failed seed with its
+/// replay command, so a sweep names every failing seed instead of dying at
+/// the first.
+fn run_seed(config: SimConfig, history: Option<&str>, sweep: bool) -> SeedOutcome {
+    let seed = config.seed;
+    let replay = config.replay_command();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| capkv_sim::run(config)));
+    let report = match run {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            return SeedOutcome {
+                lines: vec![
+                    format!("seed {seed}: PANICKED: {message}"),
+                    format!("  replay: {replay}"),
+                ],
+                passed: false,
+                simulated_ms: 0,
+                history_error: None,
+            };
+        }
+    };
+    let mut lines = report.timeline.clone();
+    let raft = match &report.raft_violation {
+        None => "ok".to_string(),
+        Some(v) => format!("VIOLATED {}: {}", v.property, v.detail),
+    };
+    let linear = match &report.linearizability {
+        Ok(text) => text.clone(),
+        Err(text) => format!("FAILED {text}"),
+    };
+    let convergence = match &report.convergence {
+        Ok(()) => "ok".to_string(),
+        Err(text) => format!("FAILED {text}"),
+    };
+    let linear = match &report.ap {
+        None => linear,
+        Some(Ok(text)) => text.clone(),
+        Some(Err(text)) => format!("ap checkers FAILED {text}"),
+    };
+    lines.push(format!(
+        "seed {seed}: simulated {:.1}s ({} events), ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
+        report.simulated_ms as f64 / 1000.0,
+        report.events,
+        report.ops_ok,
+        report.ops_fail,
+        report.ops_info,
+        report.trace_hash
+    ));
+    let passed = report.passed();
+    if !passed {
+        lines.push(format!("  replay: {replay}"));
+    }
+    let mut history_error = None;
+    if let Some(path) = history {
+        let path = if sweep {
+            format!("{path}.{seed}")
+        } else {
+            path.to_string()
+        };
+        if let Err(error) = write_history(&path, &report.history) {
+            history_error = Some(format!("cannot write history to {path}: {error}"));
+        }
+    }
+    SeedOutcome {
+        lines,
+        passed,
+        simulated_ms: report.simulated_ms,
+        history_error,
+    }
+}
+
+/// The work list of a parallel sweep, shared by its threads.
+struct Sweep {
+    /// The next seed (by position) not yet taken by a thread.
+    next: usize,
+    /// The next seed (by position) to print.
+    printing: usize,
+    /// Outcomes waiting for their turn to be printed.
+    finished: BTreeMap<usize, SeedOutcome>,
+    /// Set when printing stopped early (a history file failed).
+    stopped: bool,
+}
+
+/// Runs every config on `jobs` threads and hands the outcomes to `print` in
+/// seed order, so the output is the same as a sequential sweep's. Threads
+/// run at most `window` seeds ahead of the printer, which bounds the
+/// outcomes held in memory. `print` returns false to stop the sweep.
+fn run_parallel(
+    configs: Vec<SimConfig>,
+    jobs: usize,
+    history: Option<&str>,
+    mut print: impl FnMut(SeedOutcome) -> bool,
+) {
+    let total = configs.len();
+    let window = 4 * jobs;
+    let configs: Vec<Mutex<Option<SimConfig>>> =
+        configs.into_iter().map(|c| Mutex::new(Some(c))).collect();
+    let state = Mutex::new(Sweep {
+        next: 0,
+        printing: 0,
+        finished: BTreeMap::new(),
+        stopped: false,
+    });
+    let changed = Condvar::new();
+    let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let index = {
+                    let mut sweep = lock();
+                    while !sweep.stopped
+                        && sweep.next < total
+                        && sweep.next >= sweep.printing + window
+                    {
+                        sweep = changed.wait(sweep).unwrap_or_else(PoisonError::into_inner);
+                    }
+                    if sweep.stopped || sweep.next >= total {
+                        return;
+                    }
+                    sweep.next += 1;
+                    sweep.next - 1
+                };
+                let config = configs[index]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                let Some(config) = config else {
+                    continue; // cannot happen: each position is taken once
+                };
+                let outcome = run_seed(config, history, true);
+                lock().finished.insert(index, outcome);
+                changed.notify_all();
+            });
+        }
+        while lock().printing < total {
+            let outcome = {
+                let mut sweep = lock();
+                loop {
+                    let printing = sweep.printing;
+                    if let Some(outcome) = sweep.finished.remove(&printing) {
+                        break outcome;
+                    }
+                    sweep = changed.wait(sweep).unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            let go_on = print(outcome);
+            let mut sweep = lock();
+            sweep.printing += 1;
+            if !go_on {
+                sweep.stopped = true;
+                sweep.printing = total;
+            }
+            drop(sweep);
+            changed.notify_all();
+        }
+    });
+}
+
+/// Threads for a sweep of `seeds` seeds: `--jobs`, or one per core.
+fn sweep_jobs(args: &SimArgs, seeds: usize) -> usize {
+    let jobs = match args.jobs {
+        Some(jobs) => usize::from(jobs),
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    jobs.clamp(1, seeds.max(1))
+}
+
 /// Runs `capkv sim`; returns the exit code (0 all passed, 1 a checker
 /// failed, 2 bad arguments or an unwritable history file).
 pub fn run(args: &SimArgs) -> u8 {
@@ -156,62 +346,42 @@ pub fn run(args: &SimArgs) -> u8 {
         }
     };
     let sweep = configs.len() > 1;
+    let jobs = sweep_jobs(args, configs.len());
     let mut failed = 0u64;
+    let mut history_failed = false;
     let started = std::time::Instant::now();
     let mut simulated_ms_total = 0u64;
-    for config in configs {
-        let seed = config.seed;
-        let report = capkv_sim::run(config);
-        simulated_ms_total += report.simulated_ms;
-        for line in &report.timeline {
+    let mut print = |outcome: SeedOutcome| {
+        for line in &outcome.lines {
             say!("{line}");
         }
-        let raft = match &report.raft_violation {
-            None => "ok".to_string(),
-            Some(v) => format!("VIOLATED {}: {}", v.property, v.detail),
-        };
-        let linear = match &report.linearizability {
-            Ok(text) => text.clone(),
-            Err(text) => format!("FAILED {text}"),
-        };
-        let convergence = match &report.convergence {
-            Ok(()) => "ok".to_string(),
-            Err(text) => format!("FAILED {text}"),
-        };
-        let linear = match &report.ap {
-            None => linear,
-            Some(Ok(text)) => text.clone(),
-            Some(Err(text)) => format!("ap checkers FAILED {text}"),
-        };
-        say!(
-            "seed {seed}: simulated {:.1}s ({} events), ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
-            report.simulated_ms as f64 / 1000.0,
-            report.events,
-            report.ops_ok,
-            report.ops_fail,
-            report.ops_info,
-            report.trace_hash
-        );
-        if !report.passed() {
-            failed += 1;
-            say!("  replay: {}", report.config.replay_command());
+        simulated_ms_total += outcome.simulated_ms;
+        failed += u64::from(!outcome.passed);
+        if let Some(error) = outcome.history_error {
+            eprintln!("capkv sim: {error}");
+            history_failed = true;
+            return false;
         }
-        if let Some(path) = &args.history {
-            let path = if sweep {
-                format!("{path}.{seed}")
-            } else {
-                path.clone()
-            };
-            if let Err(error) = write_history(&path, &report.history) {
-                eprintln!("capkv sim: cannot write history to {path}: {error}");
-                return 2;
+        true
+    };
+    let history = args.history.as_deref();
+    if jobs == 1 {
+        for config in configs {
+            if !print(run_seed(config, history, sweep)) {
+                break;
             }
         }
+    } else {
+        run_parallel(configs, jobs, history, print);
+    }
+    if history_failed {
+        return 2;
     }
     let wall = started.elapsed().as_secs_f64();
     if sweep {
+        let threads = if jobs == 1 { "thread" } else { "threads" };
         say!(
-            "{failed} failed; simulated {:.0}s in {:.1}s wall ({:.0}x real time)",
+            "{failed} failed; simulated {:.0}s in {:.1}s wall ({:.0}x real time, {jobs} {threads})",
             simulated_ms_total as f64 / 1000.0,
             wall,
             simulated_ms_total as f64 / 1000.0 / wall.max(1e-9)

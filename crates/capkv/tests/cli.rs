@@ -41,6 +41,57 @@ fn sim_prints_a_verdict_per_seed_and_exits_zero() {
     assert!(out.contains("0 failed"), "{out}");
 }
 
+/// A sweep on several threads prints what a sweep on one prints, in seed
+/// order, failing seeds and their replay commands included: only the
+/// closing line (wall time, threads) differs.
+#[test]
+fn a_parallel_sweep_prints_what_a_sequential_one_prints() {
+    let sweep = |jobs: &str| {
+        let output = capkv(
+            &[
+                "sim",
+                "--seeds",
+                "1..12",
+                "--nodes",
+                "3",
+                "--duration",
+                "4s",
+                "--faults",
+                "partition,crash,churn",
+                "--bug",
+                "vote-ignores-log",
+                "--jobs",
+                jobs,
+            ],
+            None,
+        );
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+        let last = lines.pop().unwrap_or_default();
+        (output.status.code(), lines, last)
+    };
+    let (code_one, lines_one, last_one) = sweep("1");
+    let (code_three, lines_three, last_three) = sweep("3");
+    assert_eq!(
+        code_one,
+        Some(1),
+        "the broken Raft fails some seed: {lines_one:?}"
+    );
+    assert_eq!(code_three, Some(1));
+    assert!(lines_one.iter().any(|l| l.starts_with("  replay: ")));
+    assert_eq!(lines_one, lines_three);
+    let seeds: Vec<&String> = lines_one
+        .iter()
+        .filter(|l| l.starts_with("seed "))
+        .collect();
+    assert_eq!(seeds.len(), 12, "{lines_one:?}");
+    for (line, seed) in seeds.iter().zip(1..) {
+        assert!(line.starts_with(&format!("seed {seed}:")), "{line}");
+    }
+    assert!(last_one.ends_with("1 thread)"), "{last_one}");
+    assert!(last_three.ends_with("3 threads)"), "{last_three}");
+}
+
 #[test]
 fn sim_with_a_broken_raft_exits_one_and_prints_the_replay_command() {
     let output = capkv(
@@ -75,6 +126,7 @@ fn sim_refuses_bad_arguments_with_exit_two() {
         vec!["sim", "--duration", "0s"],
         vec!["sim", "--bug", "everything"],
         vec!["sim", "--clients", "0"],
+        vec!["sim", "--seeds", "1..3", "--jobs", "0"],
     ] {
         let output = capkv(&args, None);
         let out = text(&output);
