@@ -2,12 +2,16 @@
 //!
 //! Tests that start servers must name every address before anything binds,
 //! because peers are configured with each other's addresses. The usual trick
-//! (bind port 0, read the port, drop the listener) hands out a port from the
-//! kernel's ephemeral range, and so does every outgoing connection: a node's
-//! connection to a peer, or the test's own HTTP client, can take that port in
-//! the moment between the test choosing it and the server binding it. The
-//! server then exits with "address in use" and the test fails far from the
-//! cause.
+//! (bind port 0, read the port, drop the listener) has two races:
+//!
+//! - the kernel may hand the same port to the next bind to port 0, since the
+//!   first was released: a CI run failed when node 1's peer port and node 2's
+//!   HTTP port came out equal, and node 1 exited with "address in use";
+//! - the port comes from the ephemeral range, which every outgoing connection
+//!   also draws from (a node's connection to a peer, the test's HTTP client),
+//!   so one of them can take it before the server binds it.
+//!
+//! Either way a server exits at start and the test fails far from the cause.
 //!
 //! [`loopback_address`] hands out ports *below* the ephemeral range, which
 //! outgoing connections never use, checks each one by binding it, and never
