@@ -71,8 +71,11 @@ fn ephemeral_start() -> u32 {
 mod tests {
     use super::*;
 
+    /// One test, not two: both draw from the process-wide sequence, and a
+    /// test holding "the next port" while another binds its handed-out
+    /// ports would race with it.
     #[test]
-    fn ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+    fn ports_are_distinct_bindable_below_the_ephemeral_range_and_skip_taken_ones() {
         let start = ephemeral_start();
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..200 {
@@ -83,12 +86,8 @@ mod tests {
             assert!(seen.insert(address.port()), "{address} handed out twice");
             TcpListener::bind(address).expect("a handed-out port binds");
         }
-    }
-
-    #[test]
-    fn a_taken_port_is_skipped() {
-        let first = loopback_address();
         // Hold the next port in the sequence, then ask again.
+        let first = loopback_address();
         let next = SocketAddr::from(([127, 0, 0, 1], first.port() + 1));
         let holder = TcpListener::bind(next);
         let second = loopback_address();
