@@ -122,17 +122,6 @@ pub enum Command {
 }
 
 impl Command {
-    /// The bucket and key a data command touches (`None` for bucket
-    /// commands).
-    pub fn target(&self) -> Option<(&str, &str)> {
-        match self {
-            Command::CreateBucket { .. } => None,
-            Command::Put { bucket, key, .. }
-            | Command::Delete { bucket, key }
-            | Command::Cas { bucket, key, .. } => Some((bucket, key)),
-        }
-    }
-
     /// The command's postcard bytes, the data of its log entry, written
     /// into a buffer allocated once instead of one grown step by step.
     pub(crate) fn encode(&self) -> Vec<u8> {

@@ -256,15 +256,13 @@ struct Sweep {
 /// run at most `window` seeds ahead of the printer, which bounds the
 /// outcomes held in memory. `print` returns false to stop the sweep.
 fn run_parallel(
-    configs: Vec<SimConfig>,
+    configs: &[SimConfig],
     jobs: usize,
     history: Option<&str>,
     mut print: impl FnMut(SeedOutcome) -> bool,
 ) {
     let total = configs.len();
     let window = 4 * jobs;
-    let configs: Vec<Mutex<Option<SimConfig>>> =
-        configs.into_iter().map(|c| Mutex::new(Some(c))).collect();
     let state = Mutex::new(Sweep {
         next: 0,
         printing: 0,
@@ -290,14 +288,7 @@ fn run_parallel(
                     sweep.next += 1;
                     sweep.next - 1
                 };
-                let config = configs[index]
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                let Some(config) = config else {
-                    continue; // cannot happen: each position is taken once
-                };
-                let outcome = run_seed(config, history, true);
+                let outcome = run_seed(configs[index].clone(), history, true);
                 lock().finished.insert(index, outcome);
                 changed.notify_all();
             });
@@ -372,7 +363,7 @@ pub fn run(args: &SimArgs) -> u8 {
             }
         }
     } else {
-        run_parallel(configs, jobs, history, print);
+        run_parallel(&configs, jobs, history, print);
     }
     if history_failed {
         return 2;
