@@ -589,13 +589,21 @@ impl Node {
     fn respond(&mut self, requester: Requester, response: Response) {
         match requester {
             Requester::Local(request_id) => self.responses.push((request_id, response)),
-            Requester::Remote { node, forward_id } => self.messages.push((
-                node,
-                PeerMessage::Forwarded {
-                    forward_id,
-                    response,
-                },
-            )),
+            Requester::Remote { node, forward_id } => {
+                // The forwarder learns the commit index first (the link keeps
+                // order), so it has applied what it answers before a next
+                // request reaches it: a stale read there sees this write.
+                if let Some(news) = self.raft.commit_news(node) {
+                    self.messages.push((node, PeerMessage::Raft(news)));
+                }
+                self.messages.push((
+                    node,
+                    PeerMessage::Forwarded {
+                        forward_id,
+                        response,
+                    },
+                ));
+            }
         }
     }
 

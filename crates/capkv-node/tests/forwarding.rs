@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use capkv_core::NodeId;
-use capkv_node::{BucketSpec, Command, Node, NodeConfig, PeerMessage, Request, Response};
+use capkv_node::{
+    BucketSpec, Command, Node, NodeConfig, PeerMessage, ReadConsistency, Request, Response,
+};
 use capkv_storage::{MemStorage, Storage};
 
 /// A one-node cluster that leads itself after enough ticks.
@@ -64,54 +66,75 @@ fn a_forward_from_a_stranger_is_ignored() {
     assert_eq!(node.raft().log().last_index(), last_before);
 }
 
+/// Three nodes, with node 1 elected by ticking it alone.
+struct Three {
+    nodes: Vec<Node>,
+    storages: Vec<MemStorage>,
+}
+
+impl Three {
+    fn elect() -> (Three, NodeId) {
+        let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let storages: Vec<MemStorage> = (0..3).map(|_| MemStorage::new()).collect();
+        let nodes: Vec<Node> = voters
+            .iter()
+            .zip(&storages)
+            .map(|(id, storage)| {
+                Node::restore(NodeConfig::new(*id, voters.clone(), 9), storage).unwrap()
+            })
+            .collect();
+        let mut three = Three { nodes, storages };
+        for _ in 0..200 {
+            three.nodes[0].tick(0);
+            three.deliver_all();
+            if let Some(leader) = three.nodes[0].raft().leader() {
+                return (three, leader);
+            }
+        }
+        panic!("no leader within 200 ticks");
+    }
+
+    fn index(id: NodeId) -> usize {
+        (id.0 - 1) as usize
+    }
+
+    /// Runs every node's turns and delivers their messages, one at a time
+    /// in the order sent (so each link keeps order), until none are left.
+    /// Returns the client answers each node gave, by node index.
+    fn deliver_all(&mut self) -> Vec<Vec<(u64, Response)>> {
+        let mut answers = vec![Vec::new(); 3];
+        let mut queue = std::collections::VecDeque::new();
+        for (index, answered) in answers.iter_mut().enumerate() {
+            let (responses, messages) = run(&mut self.nodes[index], &mut self.storages[index]);
+            answered.extend(responses);
+            let from = NodeId(index as u64 + 1);
+            queue.extend(messages.into_iter().map(|(to, m)| (from, to, m)));
+        }
+        for _ in 0..10_000 {
+            let Some((from, to, message)) = queue.pop_front() else {
+                return answers;
+            };
+            let index = Three::index(to);
+            self.nodes[index].handle_peer_message(from, message);
+            let (responses, messages) = run(&mut self.nodes[index], &mut self.storages[index]);
+            answers[index].extend(responses);
+            queue.extend(messages.into_iter().map(|(next, m)| (to, next, m)));
+        }
+        panic!("messages still flowing after 10,000 deliveries");
+    }
+}
+
 /// The simulator found this (seeds 4, 10, 14): a duplicated Forward was
 /// proposed twice. A leader that gets the same Forward twice from a voter
 /// appends one entry.
 #[test]
 fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
-    let voters = vec![NodeId(1), NodeId(2), NodeId(3)];
-    let mut storages: Vec<MemStorage> = (0..3).map(|_| MemStorage::new()).collect();
-    let mut nodes: Vec<Node> = voters
-        .iter()
-        .zip(&storages)
-        .map(|(id, storage)| {
-            Node::restore(NodeConfig::new(*id, voters.clone(), 9), storage).unwrap()
-        })
-        .collect();
-    // Elect a leader by ticking node 1 alone and delivering every message.
-    let mut leader = None;
-    for _ in 0..200 {
-        nodes[0].tick(0);
-        let mut queue: Vec<(NodeId, NodeId, PeerMessage)> = Vec::new();
-        for (index, node) in nodes.iter_mut().enumerate() {
-            let (_, messages) = run(node, &mut storages[index]);
-            queue.extend(
-                messages
-                    .into_iter()
-                    .map(|(to, m)| (NodeId(index as u64 + 1), to, m)),
-            );
-        }
-        for _ in 0..20 {
-            let mut next = Vec::new();
-            for (from, to, message) in queue.drain(..) {
-                let index = (to.0 - 1) as usize;
-                nodes[index].handle_peer_message(from, message);
-                let (_, messages) = run(&mut nodes[index], &mut storages[index]);
-                next.extend(messages.into_iter().map(|(t, m)| (to, t, m)));
-            }
-            queue = next;
-            if queue.is_empty() {
-                break;
-            }
-        }
-        if let Some(l) = nodes[0].raft().leader() {
-            leader = Some(l);
-            break;
-        }
-    }
-    let leader = leader.expect("a leader within 200 ticks");
-    let leader_index = (leader.0 - 1) as usize;
-    let from = voters.iter().copied().find(|id| *id != leader).unwrap();
+    let (mut three, leader) = Three::elect();
+    let leader_index = Three::index(leader);
+    let from = [NodeId(1), NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
     let forward = PeerMessage::Forward {
         forward_id: 42,
         request: Box::new(Request::Write(Command::CreateBucket {
@@ -119,14 +142,59 @@ fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
             spec: BucketSpec::cp(3),
         })),
     };
+    let nodes = &mut three.nodes;
     let before = nodes[leader_index].raft().log().last_index();
     nodes[leader_index].handle_peer_message(from, forward.clone());
     nodes[leader_index].handle_peer_message(from, forward);
-    run(&mut nodes[leader_index], &mut storages[leader_index]);
+    run(&mut nodes[leader_index], &mut three.storages[leader_index]);
     assert_eq!(
         nodes[leader_index].raft().log().last_index().0,
         before.0 + 1
     );
+}
+
+/// Commit news rides on appends and heartbeats, so without more a follower
+/// that forwarded a write could answer before it applied it. The leader
+/// sends the forwarder the commit index just ahead of the answer: with no
+/// tick in between, a stale read at the forwarder right after its answer
+/// sees the write, and so does a write to the bucket it just created.
+#[test]
+fn a_follower_has_applied_the_write_it_forwarded_when_it_answers() {
+    let (mut three, leader) = Three::elect();
+    let follower = [NodeId(1), NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let at = Three::index(follower);
+    let create = Request::Write(Command::CreateBucket {
+        name: "b".into(),
+        spec: BucketSpec::cp(3),
+    });
+    let put = Request::Write(Command::Put {
+        bucket: "b".into(),
+        key: "k".into(),
+        value: b"v".to_vec(),
+    });
+    let stale_read = Request::Read {
+        bucket: "b".into(),
+        key: "k".into(),
+        consistency: ReadConsistency::Stale,
+    };
+    for (id, request) in [(1, create), (2, put)] {
+        three.nodes[at].handle_request(id, request);
+        let answers = three.deliver_all();
+        assert!(
+            matches!(answers[at].as_slice(), [(answered, Response::Applied(_))] if *answered == id),
+            "request {id} at {follower}: {:?}",
+            answers[at]
+        );
+    }
+    three.nodes[at].handle_request(3, stale_read);
+    let (answers, _) = run(&mut three.nodes[at], &mut three.storages[at]);
+    match answers.as_slice() {
+        [(3, Response::Value(Some(versioned)))] => assert_eq!(versioned.value, b"v".to_vec()),
+        other => panic!("stale read at {follower} after its forwarded write: {other:?}"),
+    }
 }
 
 /// The first forward id a node sends: it forwards one write to the leader

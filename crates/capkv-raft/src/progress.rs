@@ -35,14 +35,14 @@ pub struct Progress {
     pub recent_active: bool,
     /// Ticks since a snapshot was sent (Snapshot), to retry a lost one.
     pub snapshot_elapsed_ticks: u32,
-    /// The commit index last sent in an append, so that a new commit index
-    /// reaches a follower at once and an old one is not sent again.
+    /// The commit index last sent in an append, so that a probe without
+    /// entries goes out only with a commit index not sent before.
     pub commit_sent: LogIndex,
-    /// `matched` when the follower last answered a heartbeat. Links keep
-    /// order, so an append sent before a heartbeat is answered before it:
-    /// a follower still behind and no further along one heartbeat answer
-    /// later has most likely lost an append.
-    pub matched_at_heartbeat: LogIndex,
+    /// Leader ticks the follower has been behind without `matched` moving.
+    /// A follower behind for a heartbeat interval without an acknowledgement
+    /// has most likely lost an append (an answer takes a round trip and an
+    /// fsync, far less).
+    pub ticks_without_ack: u32,
 }
 
 impl Progress {
@@ -57,7 +57,7 @@ impl Progress {
             recent_active: false,
             snapshot_elapsed_ticks: 0,
             commit_sent: LogIndex(0),
-            matched_at_heartbeat: LogIndex(0),
+            ticks_without_ack: 0,
         }
     }
 
@@ -106,6 +106,7 @@ impl Progress {
         if updated {
             self.matched = index;
             self.probe_sent = false;
+            self.ticks_without_ack = 0;
         }
         if self.next <= index {
             self.next = index.next();

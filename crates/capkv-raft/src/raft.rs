@@ -318,10 +318,16 @@ impl Raft {
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed_ticks += 1;
         self.election_elapsed_ticks += 1;
+        let last_index = self.log.last_index();
         for progress in self.progress.values_mut() {
             if matches!(progress.state, ProgressState::Snapshot { .. }) {
                 progress.snapshot_elapsed_ticks += 1;
             }
+            progress.ticks_without_ack = if progress.matched < last_index {
+                progress.ticks_without_ack.saturating_add(1)
+            } else {
+                0
+            };
         }
         if self.election_elapsed_ticks >= self.config.election_timeout_ticks {
             self.election_elapsed_ticks = 0;
@@ -427,6 +433,43 @@ impl Raft {
             index,
             round: self.read_round,
         });
+    }
+
+    /// An append that brings follower `to` the leader's commit index, for a
+    /// driver to send just before an answer that depends on it. Commit news
+    /// otherwise waits for the next append or heartbeat, so a follower that
+    /// forwarded a write could answer its client before it applied that
+    /// write, and a read there right after would miss it. `None` when this
+    /// node is not the leader, `to` was already sent this commit index, or
+    /// `to` is not in Replicate (its probe or snapshot carries the commit).
+    ///
+    /// Unlike `step`, this may be called between `ready` and `advance`: it
+    /// only reads the log and notes the commit index as sent. The message
+    /// belongs to step 2 of the output contract like any other.
+    pub fn commit_news(&mut self, to: NodeId) -> Option<Message> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let commit = self.log.committed;
+        let progress = self.progress.get_mut(&to)?;
+        if progress.state != ProgressState::Replicate || progress.commit_sent >= commit {
+            return None;
+        }
+        let prev_index = progress.next.prev();
+        let prev_term = self.log.term(prev_index)?;
+        progress.commit_sent = commit;
+        Some(Message {
+            group: self.config.group,
+            from: self.config.id,
+            to,
+            term: self.term,
+            body: MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries: Vec::new(),
+                commit,
+            },
+        })
     }
 
     /// Asks the leader to hand leadership to `target` (thesis §3.10).
@@ -613,12 +656,12 @@ impl Raft {
                             progress.become_probe();
                         }
                         let behind = progress.matched < self.log.last_index();
-                        // A follower behind that made no progress since its
-                        // last heartbeat answer gets an append even with
-                        // nothing new to send: if appends were lost, its
-                        // refusal puts it back in Probe.
-                        let stalled = progress.matched == progress.matched_at_heartbeat;
-                        progress.matched_at_heartbeat = progress.matched;
+                        // A follower behind that acknowledged nothing for a
+                        // heartbeat interval gets an append even with nothing
+                        // new to send: if appends were lost, its refusal puts
+                        // it back in Probe.
+                        let stalled =
+                            progress.ticks_without_ack >= self.config.heartbeat_interval_ticks;
                         behind.then_some(stalled)
                     }
                     None => None,
@@ -1108,12 +1151,11 @@ impl Raft {
                 ProgressState::Probe => {
                     progress.matched != prev_index || progress.commit_sent < commit
                 }
-                // Every entry is on its way: only a commit index the follower
-                // can use is worth a message (etcd's `CanBumpCommit`). A lost
-                // append is found by the recovery append on a heartbeat answer.
-                ProgressState::Replicate => {
-                    commit > progress.commit_sent && progress.commit_sent < prev_index
-                }
+                // Every entry is on its way, and a new commit index alone is
+                // not worth a message: it rides on the next append or
+                // heartbeat (raft-rs's `skip_bcast_commit`). A lost append is
+                // found by the recovery append on a heartbeat answer.
+                ProgressState::Replicate => false,
                 ProgressState::Snapshot { .. } => false,
             };
             if !news {
