@@ -10,7 +10,10 @@
 //! It implements leader election with randomised timeouts (§5.2) and the
 //! §5.4.1 vote restriction; PreVote and CheckQuorum (thesis §9.6, §6.2);
 //! replication with batching, pipelining bounded by `inflight_messages_max`,
-//! and fast backtracking on conflicts; the §5.4.2 commit rule (only entries
+//! and fast backtracking on conflicts, with the commit index carried by the
+//! next append or heartbeat rather than a message of its own (raft-rs's
+//! `skip_bcast_commit`; [`Raft::commit_news`] sends it ahead of an answer
+//! that depends on it); the §5.4.2 commit rule (only entries
 //! of the current term are committed by counting); snapshots, compaction and
 //! InstallSnapshot (§7); ReadIndex reads without log writes (thesis §6.4);
 //! and leadership transfer (thesis §3.10). Every message names its group, so
