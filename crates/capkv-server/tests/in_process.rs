@@ -131,6 +131,30 @@ async fn three_nodes_elect_a_leader_and_serve_writes_through_any_node() {
             );
         }
     }
+    // A stale read sees every write made through the same node, followers
+    // included: a follower answers a write it forwarded only once it has
+    // applied it, although commit news otherwise waits for the next append
+    // or heartbeat.
+    for id in 1..=3 {
+        for i in 0..20 {
+            let key = format!("http://{}/v1/kv/bank/ryw{id}-{i}", http(id));
+            let response = client.put(&key).body(format!("w{i}")).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body: Value = client
+                .get(format!("{key}?consistency=stale"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                body["value"],
+                format!("w{i}"),
+                "stale read on n{id}: {body}"
+            );
+        }
+    }
     let missing = client
         .get(format!("http://{}/v1/kv/nope/k", http(1)))
         .send()
