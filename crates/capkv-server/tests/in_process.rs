@@ -114,16 +114,16 @@ async fn three_nodes_elect_a_leader_and_serve_writes_through_any_node() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
+    let get_json = |url: String| {
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            response.json::<Value>().await.unwrap()
+        }
+    };
     for reader in 1..=3 {
         for id in 1..=3 {
-            let body: Value = client
-                .get(format!("http://{}/v1/kv/bank/k{id}", http(reader)))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body = get_json(format!("http://{}/v1/kv/bank/k{id}", http(reader))).await;
             assert_eq!(
                 body["value"],
                 format!("v{id}"),
@@ -140,14 +140,7 @@ async fn three_nodes_elect_a_leader_and_serve_writes_through_any_node() {
             let key = format!("http://{}/v1/kv/bank/ryw{id}-{i}", http(id));
             let response = client.put(&key).body(format!("w{i}")).send().await.unwrap();
             assert_eq!(response.status(), 200);
-            let body: Value = client
-                .get(format!("{key}?consistency=stale"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body = get_json(format!("{key}?consistency=stale")).await;
             assert_eq!(
                 body["value"],
                 format!("w{i}"),
