@@ -46,7 +46,9 @@
 //! `Ready`'s vectors back for reuse; they change no step's meaning.
 //!
 //! The simulator checks this contract: a crash drops everything not synced
-//! in step 1, and its invariant checkers would see a lost vote or entry.
+//! in step 1, and when the node restarts, its durability check finds any
+//! term, vote or entry that a released message revealed and the disk lost
+//! (`capkv sim --bug send-before-sync` breaks step 2 to show it).
 //!
 //! Layout: `raft.rs` (roles, step, ready/advance), `log.rs` (in-memory log and
 //! snapshot), `progress.rs` (the leader's view of each follower),

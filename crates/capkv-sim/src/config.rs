@@ -167,6 +167,11 @@ pub struct SimConfig {
     pub workload: Workload,
     /// Deliberately broken ap engine, to prove the ap checkers catch it.
     pub ap_bugs: DynamoBugs,
+    /// Deliberately broken driver: a node's messages and answers leave as
+    /// soon as its turn's batch is written, before the fsync completes
+    /// (step 2 of the Raft output contract broken), so a crash in between
+    /// loses votes and entries others were told about.
+    pub send_before_sync: bool,
     /// Background anti-entropy between ap replicas (off shows what hints
     /// and read repair alone achieve).
     pub anti_entropy: bool,
@@ -194,6 +199,7 @@ impl SimConfig {
             bugs: DeliberateBugs::default(),
             workload: Workload::Cp,
             ap_bugs: DynamoBugs::default(),
+            send_before_sync: false,
             anti_entropy: true,
             timeline: false,
             events_max: 50_000_000,
@@ -252,6 +258,9 @@ impl SimConfig {
         }
         if self.ap_bugs.drop_hints {
             command.push_str(" --bug drop-hints");
+        }
+        if self.send_before_sync {
+            command.push_str(" --bug send-before-sync");
         }
         if !self.anti_entropy {
             command.push_str(" --no-anti-entropy");

@@ -9,15 +9,16 @@
 //! cluster and strike at its weak moments: leader churn, a leadership
 //! transfer the old leader never hears the end of, and the Raft paper's
 //! figure 8 played as a schedule of partitions ([`Fault`]). Clients run a read/write/cas/delete workload and
-//! record a history; checkers run on every step (Raft's safety properties)
-//! and at the end (linearizability with `capkv-check`, convergence after the
+//! record a history; checkers run on every step (Raft's safety properties),
+//! at every restart (durability: a node's disk still holds every term, vote
+//! and entry its messages revealed) and at the end (linearizability with `capkv-check`, convergence after the
 //! faults heal). The same seed gives the same run, event for event, and the
 //! trace hash proves it.
 //!
 //! Layout: `config.rs` (what a run depends on), `sim.rs` (event loop, nodes,
 //! network, nemesis), `workload.rs` (cp clients and their history),
 //! `invariants.rs` (election safety, log matching, leader completeness, state
-//! machine safety), `ap_workload.rs` (ap clients: put/get/delete at every
+//! machine safety), `durability.rs` (what a restarted node must remember), `ap_workload.rs` (ap clients: put/get/delete at every
 //! level, with contexts and sessions) and `ap_check.rs` (the ap checkers).
 //!
 //! What it does not do: no threads, no real time, no real I/O; it does not
@@ -29,6 +30,7 @@
 pub mod ap_check;
 mod ap_workload;
 mod config;
+mod durability;
 mod invariants;
 mod sim;
 mod workload;

@@ -1,6 +1,7 @@
 use crate::ap_check::{ApRecord, FinalState};
 use crate::ap_workload::{ApClient, AP_BUCKET, AP_REPLICAS};
 use crate::config::{Fault, SimConfig, Workload};
+use crate::durability::Promises;
 use crate::invariants::{RaftInvariants, Violation};
 use crate::workload::{Client, ClientAction};
 use capkv_check::Event as HistoryEvent;
@@ -227,6 +228,9 @@ struct SimNode {
     clock_offset_ms: u64,
     /// Restarts count: ticks scheduled by an earlier life are ignored.
     incarnation: u64,
+    /// What its released messages revealed of its durable state, checked
+    /// when it restarts after a crash.
+    promises: Promises,
 }
 
 /// Network conditions in force.
@@ -359,6 +363,7 @@ impl Simulation {
                     paused: false,
                     in_flight: None,
                     spare: NodeReady::default(),
+                    promises: Promises::default(),
                     inbox: VecDeque::new(),
                     request_clients: BTreeMap::new(),
                     tick_period: config.tick_ms * MS,
@@ -657,7 +662,15 @@ impl Simulation {
             // The turn's events are checked when its sync completes: what a
             // crash wipes out before then never happened to anyone outside.
             // An fsync takes 0.2 to 2 ms.
-            self.nodes[index].in_flight = Some(ready);
+            if self.config.send_before_sync {
+                // The deliberate bug: the outputs leave now, and the node
+                // waits for the sync with nothing left to release.
+                let after = self.rng.range(5, 50);
+                self.release(index, ready, after);
+                self.nodes[index].in_flight = Some(NodeReady::default());
+            } else {
+                self.nodes[index].in_flight = Some(ready);
+            }
             let delay = self.rng.range(200, 2_000);
             self.schedule(delay, Action::TurnDone(id));
         } else {
@@ -762,6 +775,14 @@ impl Simulation {
     fn release(&mut self, index: usize, mut ready: NodeReady, after: Micros) {
         let id = self.nodes[index].id;
         self.check_events(index, &ready);
+        let sim_node = &mut self.nodes[index];
+        if let Some(node) = &sim_node.node {
+            for (_, message) in &ready.messages {
+                if let PeerMessage::Raft(message) = message {
+                    sim_node.promises.note(node.raft(), message);
+                }
+            }
+        }
         for (to, message) in ready.messages.drain(..) {
             self.send(id, to, message, after);
         }
@@ -1279,7 +1300,17 @@ impl Simulation {
             return;
         }
         match Node::restore(sim_node.config.clone(), &sim_node.storage) {
-            Ok(node) => sim_node.node = Some(node),
+            Ok(node) => {
+                if let Err(violation) = sim_node.promises.check(id, node.raft()) {
+                    self.note(format!(
+                        "VIOLATION {}: {}",
+                        violation.property, violation.detail
+                    ));
+                    self.violation = Some(violation);
+                    return;
+                }
+                sim_node.node = Some(node);
+            }
             Err(error) => {
                 self.violation = Some(Violation {
                     property: "recovery",

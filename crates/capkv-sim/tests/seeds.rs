@@ -120,33 +120,40 @@ fn the_same_seed_gives_the_same_run() {
     assert_ne!(first.trace_hash, other.trace_hash);
 }
 
-/// A 5-node, 20 s run of `seed` under `faults` with `bugs` switched on.
-fn bug_config(seed: u64, faults: &[Fault], bugs: DeliberateBugs) -> SimConfig {
+/// A 5-node, 20 s run of `seed` under `faults`.
+fn bug_config(seed: u64, faults: &[Fault]) -> SimConfig {
     let mut config = config(seed, 5);
     config.duration_ms = 20_000;
     config.faults = faults.to_vec();
-    config.bugs = bugs;
     config
 }
 
-/// Finds the first seed in `1..=seeds_max` on which `bugs` is caught under
-/// `faults`, and checks that every seed up to it passes with the same
-/// faults and a correct Raft: the nemesis alone is never the failure.
+/// Switches on one of Raft's deliberate bugs.
+fn raft_bugs(bugs: DeliberateBugs) -> impl Fn(&mut SimConfig) {
+    move |config: &mut SimConfig| config.bugs = bugs
+}
+
+/// Finds the first seed in `1..=seeds_max` on which the bug that `break_it`
+/// switches on is caught under `faults`, and checks that every seed up to
+/// it passes with the same faults and no bug: the nemesis alone is never
+/// the failure.
 fn first_seed_catching(
-    bugs: DeliberateBugs,
+    break_it: impl Fn(&mut SimConfig),
     faults: &[Fault],
     seeds_max: u64,
 ) -> Option<(u64, SimReport)> {
     let (seed, report) = (1..=seeds_max).find_map(|seed| {
-        let report = capkv_sim::run(bug_config(seed, faults, bugs));
+        let mut config = bug_config(seed, faults);
+        break_it(&mut config);
+        let report = capkv_sim::run(config);
         (!report.passed()).then_some((seed, report))
     })?;
     eprintln!("caught on {}", describe(&report));
     for correct_seed in 1..=seed {
-        let correct = capkv_sim::run(bug_config(correct_seed, faults, DeliberateBugs::default()));
+        let correct = capkv_sim::run(bug_config(correct_seed, faults));
         assert!(
             correct.passed(),
-            "a correct Raft fails too: {}",
+            "a correct run fails too: {}",
             describe(&correct)
         );
     }
@@ -163,7 +170,7 @@ fn simulator_catches_votes_granted_without_the_log_check() {
         ..DeliberateBugs::default()
     };
     let faults = [Fault::Partition, Fault::Crash, Fault::Churn];
-    if first_seed_catching(bugs, &faults, 30).is_none() {
+    if first_seed_catching(raft_bugs(bugs), &faults, 30).is_none() {
         panic!("no seed in 1..=30 caught a Raft that ignores §5.4.1");
     }
 }
@@ -179,7 +186,7 @@ fn simulator_catches_entries_of_earlier_terms_committed_by_counting() {
         commit_counts_old_terms: true,
         ..DeliberateBugs::default()
     };
-    let Some((_, report)) = first_seed_catching(bugs, &[Fault::Figure8], 10) else {
+    let Some((_, report)) = first_seed_catching(raft_bugs(bugs), &[Fault::Figure8], 10) else {
         panic!("no seed in 1..=10 caught a Raft that commits earlier terms by counting");
     };
     let property = report.raft_violation.as_ref().map(|v| v.property);
@@ -204,7 +211,7 @@ fn simulator_catches_reads_served_without_a_quorum_round() {
         read_skips_quorum: true,
         ..DeliberateBugs::default()
     };
-    let Some((_, report)) = first_seed_catching(bugs, &[Fault::Transfer], 10) else {
+    let Some((_, report)) = first_seed_catching(raft_bugs(bugs), &[Fault::Transfer], 10) else {
         panic!("no seed in 1..=10 caught a Raft that serves reads without a quorum round");
     };
     assert!(report.raft_violation.is_none(), "{}", describe(&report));
@@ -213,6 +220,25 @@ fn simulator_catches_reads_served_without_a_quorum_round() {
             .linearizability
             .as_ref()
             .is_err_and(|text| text.contains("not linearizable")),
+        "{}",
+        describe(&report)
+    );
+}
+
+/// Output contract step 2 broken in the driver: a node's messages leave
+/// as soon as its batch is written, before the fsync completes. A crash in
+/// that gap makes the node forget a vote or an entry it revealed. The
+/// durability check at restart must notice within 5 seeds of crashes,
+/// whether or not the amnesia goes on to cost a committed entry.
+#[test]
+fn simulator_catches_a_driver_that_sends_before_its_fsync() {
+    let send_early = |config: &mut SimConfig| config.send_before_sync = true;
+    let Some((_, report)) = first_seed_catching(send_early, &[Fault::Crash], 5) else {
+        panic!("no seed in 1..=5 caught a driver that sends before its fsync");
+    };
+    assert_eq!(
+        report.raft_violation.as_ref().map(|v| v.property),
+        Some("durability"),
         "{}",
         describe(&report)
     );

@@ -50,7 +50,7 @@ pub struct SimArgs {
     /// With --seeds, the seed is appended to the file name.
     #[arg(long)]
     history: Option<String>,
-    /// Break Raft or the ap engine on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, read-repair-skips-merge, drop-hints.
+    /// Break Raft, the ap engine or the driver on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, read-repair-skips-merge, drop-hints, send-before-sync (outputs leave before the fsync).
     #[arg(long)]
     bug: Vec<String>,
     /// What the clients do: cp (linearizable register ops), ap (ap bucket with siblings) or ap-lww.
@@ -104,25 +104,33 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
     Ok((first, last))
 }
 
-fn parse_bugs(names: &[String]) -> Result<(DeliberateBugs, DynamoBugs), String> {
-    let mut bugs = DeliberateBugs::default();
-    let mut ap_bugs = DynamoBugs::default();
+/// The deliberate bugs `--bug` switched on.
+#[derive(Default)]
+struct Bugs {
+    raft: DeliberateBugs,
+    ap: DynamoBugs,
+    send_before_sync: bool,
+}
+
+fn parse_bugs(names: &[String]) -> Result<Bugs, String> {
+    let mut bugs = Bugs::default();
     for name in names {
         match name.as_str() {
-            "vote-ignores-log" => bugs.vote_ignores_log = true,
-            "commit-counts-old-terms" => bugs.commit_counts_old_terms = true,
-            "read-skips-quorum" => bugs.read_skips_quorum = true,
-            "read-repair-skips-merge" => ap_bugs.read_repair_skips_merge = true,
-            "drop-hints" => ap_bugs.drop_hints = true,
+            "vote-ignores-log" => bugs.raft.vote_ignores_log = true,
+            "commit-counts-old-terms" => bugs.raft.commit_counts_old_terms = true,
+            "read-skips-quorum" => bugs.raft.read_skips_quorum = true,
+            "read-repair-skips-merge" => bugs.ap.read_repair_skips_merge = true,
+            "drop-hints" => bugs.ap.drop_hints = true,
+            "send-before-sync" => bugs.send_before_sync = true,
             other => {
                 return Err(format!(
                     "unknown --bug '{other}' (known: vote-ignores-log, commit-counts-old-terms, \
-                     read-skips-quorum, read-repair-skips-merge, drop-hints)"
+                     read-skips-quorum, read-repair-skips-merge, drop-hints, send-before-sync)"
                 ))
             }
         }
     }
-    Ok((bugs, ap_bugs))
+    Ok(bugs)
 }
 
 fn build_configs(args: &SimArgs) -> Result<Vec<SimConfig>, String> {
@@ -132,7 +140,7 @@ fn build_configs(args: &SimArgs) -> Result<Vec<SimConfig>, String> {
     };
     let faults = Fault::parse_list(&args.faults)?;
     let duration_ms = parse_duration_ms(&args.duration)?;
-    let (bugs, ap_bugs) = parse_bugs(&args.bug)?;
+    let bugs = parse_bugs(&args.bug)?;
     let workload = Workload::parse(&args.workload)?;
     let mut configs = Vec::new();
     for seed in first..=last {
@@ -142,8 +150,9 @@ fn build_configs(args: &SimArgs) -> Result<Vec<SimConfig>, String> {
         config.clients = args.clients;
         config.keys = args.keys;
         config.timeline = args.timeline;
-        config.bugs = bugs;
-        config.ap_bugs = ap_bugs;
+        config.bugs = bugs.raft;
+        config.ap_bugs = bugs.ap;
+        config.send_before_sync = bugs.send_before_sync;
         config.workload = workload;
         config.anti_entropy = !args.no_anti_entropy;
         config.validate()?;
