@@ -313,6 +313,9 @@ pub struct Simulation {
     /// Figure-8 runs started so far.
     figure8_runs: u64,
     invariants: RaftInvariants,
+    /// Whether any node can crash (the crash and churn faults), and so
+    /// whether what nodes reveal must be noted for the durability check.
+    crashes: bool,
     violation: Option<Violation>,
     history: Vec<HistoryEvent>,
     timeline: Vec<String>,
@@ -410,6 +413,10 @@ impl Simulation {
             figure8: None,
             figure8_runs: 0,
             invariants: RaftInvariants::new(),
+            crashes: config
+                .faults
+                .iter()
+                .any(|fault| matches!(fault, Fault::Crash | Fault::Churn)),
             violation: None,
             history: Vec::new(),
             timeline: Vec::new(),
@@ -776,7 +783,7 @@ impl Simulation {
         let id = self.nodes[index].id;
         self.check_events(index, &ready);
         let sim_node = &mut self.nodes[index];
-        if let Some(node) = &sim_node.node {
+        if let (true, Some(node)) = (self.crashes, &sim_node.node) {
             for (_, message) in &ready.messages {
                 if let PeerMessage::Raft(message) = message {
                     sim_node.promises.note(node.raft(), message);
