@@ -458,18 +458,13 @@ impl Raft {
         let prev_index = progress.next.prev();
         let prev_term = self.log.term(prev_index)?;
         progress.commit_sent = commit;
-        Some(Message {
-            group: self.config.group,
-            from: self.config.id,
-            to,
-            term: self.term,
-            body: MessageBody::Append {
-                prev_index,
-                prev_term,
-                entries: Vec::new(),
-                commit,
-            },
-        })
+        let body = MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries: Vec::new(),
+            commit,
+        };
+        Some(self.message(to, self.term, body))
     }
 
     /// Asks the leader to hand leadership to `target` (thesis §3.10).
@@ -1221,13 +1216,19 @@ impl Raft {
     }
 
     fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
-        self.outbox.push(Message {
+        let message = self.message(to, term, body);
+        self.outbox.push(message);
+    }
+
+    /// A message of this group from this node.
+    fn message(&self, to: NodeId, term: Term, body: MessageBody) -> Message {
+        Message {
             group: self.config.group,
             from: self.config.id,
             to,
             term,
             body,
-        });
+        }
     }
 
     // ----- outputs -----

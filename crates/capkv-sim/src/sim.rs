@@ -755,14 +755,19 @@ impl Simulation {
                 }
             };
             if let Err(violation) = result {
-                self.note(format!(
-                    "VIOLATION {}: {}",
-                    violation.property, violation.detail
-                ));
-                self.violation = Some(violation);
+                self.violated(violation);
                 return;
             }
         }
+    }
+
+    /// Ends the run on a broken property, with a timeline line for it.
+    fn violated(&mut self, violation: Violation) {
+        self.note(format!(
+            "VIOLATION {}: {}",
+            violation.property, violation.detail
+        ));
+        self.violation = Some(violation);
     }
 
     fn on_turn_done(&mut self, id: NodeId) {
@@ -1309,11 +1314,7 @@ impl Simulation {
         match Node::restore(sim_node.config.clone(), &sim_node.storage) {
             Ok(node) => {
                 if let Err(violation) = sim_node.promises.check(id, node.raft()) {
-                    self.note(format!(
-                        "VIOLATION {}: {}",
-                        violation.property, violation.detail
-                    ));
-                    self.violation = Some(violation);
+                    self.violated(violation);
                     return;
                 }
                 sim_node.node = Some(node);
