@@ -167,6 +167,9 @@ struct SeedOutcome {
     lines: Vec<String>,
     passed: bool,
     simulated_ms: u64,
+    /// Client operations that completed (ok, fail or info): the load the
+    /// simulated time held.
+    operations: u64,
     /// The history file could not be written: the sweep stops, exit 2.
     history_error: Option<String>,
 }
@@ -194,6 +197,7 @@ fn run_seed(config: SimConfig, history: Option<&str>, sweep: bool) -> SeedOutcom
                 ],
                 passed: false,
                 simulated_ms: 0,
+                operations: 0,
                 history_error: None,
             };
         }
@@ -244,6 +248,7 @@ fn run_seed(config: SimConfig, history: Option<&str>, sweep: bool) -> SeedOutcom
         lines,
         passed,
         simulated_ms: report.simulated_ms,
+        operations: report.ops_ok + report.ops_fail + report.ops_info,
         history_error,
     }
 }
@@ -351,11 +356,13 @@ pub fn run(args: &SimArgs) -> u8 {
     let mut history_failed = false;
     let started = std::time::Instant::now();
     let mut simulated_ms_total = 0u64;
+    let mut operations_total = 0u64;
     let mut print = |outcome: SeedOutcome| {
         for line in &outcome.lines {
             say!("{line}");
         }
         simulated_ms_total += outcome.simulated_ms;
+        operations_total += outcome.operations;
         failed += u64::from(!outcome.passed);
         if let Some(error) = outcome.history_error {
             eprintln!("capkv sim: {error}");
@@ -380,11 +387,14 @@ pub fn run(args: &SimArgs) -> u8 {
     let wall = started.elapsed().as_secs_f64();
     if sweep {
         let threads = if jobs == 1 { "thread" } else { "threads" };
+        let simulated = simulated_ms_total as f64 / 1000.0;
+        // The load: how much work a simulated second held, so that speeds
+        // measured under different loads can be told apart.
         say!(
-            "{failed} failed; simulated {:.0}s in {:.1}s wall ({:.0}x real time, {jobs} {threads})",
-            simulated_ms_total as f64 / 1000.0,
-            wall,
-            simulated_ms_total as f64 / 1000.0 / wall.max(1e-9)
+            "{failed} failed; simulated {simulated:.0}s in {wall:.1}s wall ({:.0}x real time, {jobs} {threads}); load {:.0} client operations per simulated second, {:.0} per wall second",
+            simulated / wall.max(1e-9),
+            operations_total as f64 / simulated.max(1e-9),
+            operations_total as f64 / wall.max(1e-9)
         );
     }
     u8::from(failed > 0)

@@ -39,6 +39,31 @@ fn sim_prints_a_verdict_per_seed_and_exits_zero() {
     assert_eq!(output.status.code(), Some(0), "{out}");
     assert_eq!(out.matches("raft invariants ok").count(), 3, "{out}");
     assert!(out.contains("0 failed"), "{out}");
+    // The summary names the load: the operations the seeds completed, per
+    // simulated second.
+    let operations: f64 = out
+        .lines()
+        .filter_map(|line| line.split_once("ops ok "))
+        .map(|(_, rest)| {
+            let words: Vec<&str> = rest.split([' ', ',']).collect();
+            // "X fail Y info Z"
+            [words[0], words[2], words[4]]
+                .iter()
+                .map(|word| word.parse::<f64>().expect("a count"))
+                .sum::<f64>()
+        })
+        .sum();
+    let simulated: f64 = out
+        .lines()
+        .filter_map(|line| line.split_once(": simulated "))
+        .map(|(_, rest)| rest.split('s').next().expect("seconds"))
+        .map(|seconds| seconds.parse::<f64>().expect("simulated seconds"))
+        .sum();
+    let load = format!(
+        "load {:.0} client operations per simulated second",
+        operations / simulated
+    );
+    assert!(operations > 0.0 && out.contains(&load), "{load} in {out}");
 }
 
 /// 30 seeds of a Raft that grants votes without the §5.4.1 log check, under
