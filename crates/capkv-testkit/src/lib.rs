@@ -16,6 +16,12 @@
 //! [`loopback_address`] hands out ports *below* the ephemeral range, which
 //! outgoing connections never use, checks each one by binding it, and never
 //! hands the same port out twice in one process.
+//!
+//! What it does not do: it does not start servers or hold ports for the
+//! caller. Between the check and the server's bind another process could
+//! still take a port; below the ephemeral range only a process that asks
+//! for that very port can, which the tests of this workspace do not. It is a
+//! dev-dependency only: no shipped crate links it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,4 +1,21 @@
 //! The `capkv` command line: parses arguments and calls library code.
+//!
+//! Layout, one module per group of subcommands:
+//! - `sim_command`: `capkv sim`, seeds of the deterministic simulator
+//!   (`capkv-sim`), one verdict line per seed, sweeps on every core;
+//! - `check` (here): `capkv check`, the linearizability checker
+//!   (`capkv-check`) over a JSON-lines history;
+//! - `demo`: `capkv demo`, a local cluster of `capkv node` child processes;
+//! - `node_command`: `capkv node`, one server (`capkv-server`) from flags,
+//!   environment and a config file;
+//! - `client_commands`: `bucket`, `put`, `get`, `delete`, `repair`, `cluster
+//!   status` and `nemesis` over the HTTP API (`capkv-client`);
+//! - `bench`: `capkv bench`, a closed-loop load generator against a cluster.
+//!
+//! What it does not do: no protocol logic and no storage of its own. Every
+//! decision is made in the library crates, so that what the simulator
+//! checks is what the server runs. Exit codes: 0 success, 1 a failed check
+//! or an error answer, 2 bad input named on standard error.
 
 mod bench;
 mod client_commands;
