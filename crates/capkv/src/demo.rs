@@ -58,6 +58,13 @@ pub struct DemoArgs {
     /// HTTP port of node 1; node N uses this + N - 1.
     #[arg(long, default_value_t = 8001)]
     pub base_http_port: u16,
+    /// Instead of waiting for Ctrl-C, walk through a scenario on the new
+    /// cluster, narrated, with every promise checked; then stop the cluster.
+    /// Exit 0 when every promise held. Known: partition (cut the cp leader
+    /// off: cp refuses on its side and serves the majority, ap serves both;
+    /// heal: cp converges, ap keeps both writes as siblings).
+    #[arg(long)]
+    pub scenario: Option<String>,
 }
 
 /// One child node process and what the demo knows about it.
@@ -181,6 +188,15 @@ fn node_addresses(args: &DemoArgs, id: u16) -> (SocketAddr, SocketAddr) {
 fn check_args(args: &DemoArgs) -> Result<(), String> {
     if args.nodes == 0 || args.nodes > NODES_MAX {
         return Err(format!("--nodes must be 1..={NODES_MAX}"));
+    }
+    if let Some(name) = &args.scenario {
+        crate::scenario::check_name(name)?;
+        if args.nodes < crate::scenario::NODES_MIN {
+            return Err(format!(
+                "--scenario {name} needs at least {} nodes (a majority must remain when one is cut off)",
+                crate::scenario::NODES_MIN
+            ));
+        }
     }
     for (flag, base) in [
         ("--base-peer-port", args.base_peer_port),
@@ -431,8 +447,23 @@ async fn demo(args: DemoArgs) -> Result<u8, String> {
         cluster.stop().await;
         return Ok(1);
     }
-    print!("{}", banner(&cluster, &launch));
-    let code = supervise(&mut cluster, stop).await;
+    let code = match &args.scenario {
+        Some(name) => {
+            let members: Vec<crate::scenario::Member> = cluster
+                .nodes
+                .iter()
+                .map(|node| crate::scenario::Member {
+                    id: node.id,
+                    http: node.http,
+                })
+                .collect();
+            crate::scenario::run(name, &members, &launch.admin_token).await
+        }
+        None => {
+            print!("{}", banner(&cluster, &launch));
+            supervise(&mut cluster, stop).await
+        }
+    };
     println!("capkv demo: stopping the cluster");
     cluster.stop().await;
     println!(
@@ -738,6 +769,7 @@ mod tests {
             data_dir: None,
             base_peer_port: peer,
             base_http_port: http,
+            scenario: None,
         }
     }
 

@@ -5,7 +5,9 @@
 //!   (`capkv-sim`), one verdict line per seed, sweeps on every core;
 //! - `check` (here): `capkv check`, the linearizability checker
 //!   (`capkv-check`) over a JSON-lines history;
-//! - `demo`: `capkv demo`, a local cluster of `capkv node` child processes;
+//! - `demo`: `capkv demo`, a local cluster of `capkv node` child processes,
+//!   and `scenario`: `capkv demo --scenario`, a narrated walk through one
+//!   behaviour on it, every promise checked;
 //! - `node_command`: `capkv node`, one server (`capkv-server`) from flags,
 //!   environment and a config file;
 //! - `client_commands`: `bucket`, `put`, `get`, `delete`, `repair`, `cluster
@@ -21,6 +23,7 @@ mod bench;
 mod client_commands;
 mod demo;
 mod node_command;
+mod scenario;
 mod sim_command;
 
 use clap::{Parser, Subcommand};
