@@ -6,10 +6,11 @@
 //!
 //! 1. Feed inputs: [`Dynamo::tick`] (with the node's physical time in
 //!    milliseconds), [`Dynamo::handle_message`], [`Dynamo::handle_request`].
-//! 2. Take [`Dynamo::take_ready`]: write and sync its batch first, then send
-//!    its messages and deliver its responses. A replica acknowledges a
-//!    write only in messages that follow the sync, and a coordinator counts
-//!    its own copy for the same reason only in answers that follow it.
+//! 2. Take [`Dynamo::take_ready`]: write its batch and, when it says so,
+//!    sync it first, then send its messages and deliver its responses. A
+//!    replica acknowledges a write only in messages that follow the sync,
+//!    and a coordinator counts its own copy for the same reason only in
+//!    answers that follow it.
 //!
 //! # Rules
 //!
@@ -85,6 +86,10 @@ pub struct DynamoBugs {
     /// Hints are never stored: a replica that missed a write only gets it
     /// from anti-entropy or read repair.
     pub drop_hints: bool,
+    /// A replica puts a replicated object in its batch but does not ask for
+    /// a sync: its `ReplicateAck` leaves while the object is unsynced, and a
+    /// crash then loses a write it said was durable.
+    pub ack_before_sync: bool,
 }
 
 /// Settings of the ap engine.
@@ -429,6 +434,12 @@ pub struct Dynamo {
     last_hint_round_ms: u64,
     last_ae_ms: u64,
     meta_dirty: bool,
+    /// Operations at the head of `batch` that may go unsynced: only the
+    /// deliberate `ack_before_sync` bug puts any there.
+    ops_unsynced: usize,
+    /// Whether `meta_dirty` was set by writes that may go unsynced only
+    /// (the deliberate bug again).
+    meta_unsynced: bool,
     batch: WriteBatch,
     messages: Vec<(NodeId, DynamoMessage)>,
     responses: Vec<(u64, ApResponse)>,
@@ -585,6 +596,8 @@ impl Dynamo {
             last_hint_round_ms: 0,
             last_ae_ms: 0,
             meta_dirty: false,
+            ops_unsynced: 0,
+            meta_unsynced: false,
             batch: WriteBatch::new(),
             messages: Vec::new(),
             responses: Vec::new(),
@@ -733,7 +746,14 @@ impl Dynamo {
                 if !object.is_well_formed() {
                     return;
                 }
+                let (ops_before, meta_before) = (self.batch.ops.len(), self.meta_dirty);
                 let digest = self.merge_object(&bucket, &key, &object);
+                if self.config.bugs.ack_before_sync && self.ops_unsynced == ops_before {
+                    // The deliberate bug: what the merge wrote asks for no
+                    // sync (unless something before it in the batch did).
+                    self.ops_unsynced = self.batch.ops.len();
+                    self.meta_unsynced |= !meta_before && self.meta_dirty;
+                }
                 if req != 0 {
                     self.messages
                         .push((from, DynamoMessage::ReplicateAck { req, digest }));
@@ -854,18 +874,25 @@ impl Dynamo {
 
     // ----- outputs -----
 
-    /// Hands out what the driver must do: write and sync the batch, then
-    /// send the messages and deliver the responses.
+    /// Hands out what the driver must do: write the batch, sync it when
+    /// this returns true (whenever the batch is not empty, but for the
+    /// deliberate `ack_before_sync` bug), then send the messages and deliver
+    /// the responses.
+    #[must_use = "the batch must be synced before the messages leave when this is true"]
     pub fn take_ready(
         &mut self,
         batch: &mut WriteBatch,
         messages: &mut Vec<(NodeId, DynamoMessage)>,
         responses: &mut Vec<(u64, ApResponse)>,
-    ) {
+    ) -> bool {
         if !self.has_ready() {
             // Every turn asks, and a cp-only node never has anything.
-            return;
+            return false;
         }
+        let must_sync =
+            self.batch.ops.len() > self.ops_unsynced || (self.meta_dirty && !self.meta_unsynced);
+        self.ops_unsynced = 0;
+        self.meta_unsynced = false;
         if self.meta_dirty {
             self.meta_dirty = false;
             self.batch.put(
@@ -882,6 +909,7 @@ impl Dynamo {
         batch.append(&mut self.batch);
         messages.append(&mut self.messages);
         responses.append(&mut self.responses);
+        must_sync
     }
 
     // ----- coordinator: writes -----

@@ -726,11 +726,10 @@ impl Node {
         self.maybe_snapshot(&mut out.batch);
         let mut ap_messages = Vec::new();
         let mut ap_responses = Vec::new();
-        let ops_before = out.batch.ops.len();
-        self.dynamo
-            .take_ready(&mut out.batch, &mut ap_messages, &mut ap_responses);
         // An ap replica acknowledges what it stored: durable first.
-        out.must_sync |= out.batch.ops.len() > ops_before;
+        out.must_sync |=
+            self.dynamo
+                .take_ready(&mut out.batch, &mut ap_messages, &mut ap_responses);
         // Most turns have no answers and no ap traffic: moving empty
         // vectors costs more than asking whether they are empty.
         if !self.responses.is_empty() {

@@ -259,6 +259,9 @@ impl SimConfig {
         if self.ap_bugs.drop_hints {
             command.push_str(" --bug drop-hints");
         }
+        if self.ap_bugs.ack_before_sync {
+            command.push_str(" --bug ack-before-sync");
+        }
         if self.send_before_sync {
             command.push_str(" --bug send-before-sync");
         }

@@ -11,7 +11,7 @@
 //! figure 8 played as a schedule of partitions ([`Fault`]). Clients run a read/write/cas/delete workload and
 //! record a history; checkers run on every step (Raft's safety properties),
 //! at every restart (durability: a node's disk still holds every term, vote
-//! and entry its messages revealed) and at the end (linearizability with `capkv-check`, convergence after the
+//! and entry its messages revealed, and every ap object it acknowledged) and at the end (linearizability with `capkv-check`, convergence after the
 //! faults heal). The same seed gives the same run, event for event, and the
 //! trace hash proves it.
 //!

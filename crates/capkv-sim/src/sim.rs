@@ -1,7 +1,7 @@
 use crate::ap_check::{ApRecord, FinalState};
 use crate::ap_workload::{ApClient, AP_BUCKET, AP_REPLICAS};
 use crate::config::{Fault, SimConfig, Workload};
-use crate::durability::Promises;
+use crate::durability::{ApPromises, Promises};
 use crate::invariants::{RaftInvariants, Violation};
 use crate::workload::{Client, ClientAction};
 use capkv_check::Event as HistoryEvent;
@@ -231,6 +231,9 @@ struct SimNode {
     /// What its released messages revealed of its durable state, checked
     /// when it restarts after a crash.
     promises: Promises,
+    /// What its ap acknowledgements promised about its objects, checked
+    /// likewise.
+    ap_promises: ApPromises,
 }
 
 /// Network conditions in force.
@@ -367,6 +370,7 @@ impl Simulation {
                     in_flight: None,
                     spare: NodeReady::default(),
                     promises: Promises::default(),
+                    ap_promises: ApPromises::default(),
                     inbox: VecDeque::new(),
                     request_clients: BTreeMap::new(),
                     tick_period: config.tick_ms * MS,
@@ -625,6 +629,7 @@ impl Simulation {
         // A node's wall clock: simulated time plus its offset (tick rates
         // drift too under the skew fault).
         let now_ms = self.now / MS + self.nodes[index].clock_offset_ms;
+        let crashes = self.crashes;
         let sim_node = &mut self.nodes[index];
         if sim_node.paused || sim_node.in_flight.is_some() {
             return;
@@ -632,15 +637,26 @@ impl Simulation {
         let Some(node) = sim_node.node.as_mut() else {
             return;
         };
+        if crashes {
+            sim_node.ap_promises.turn_starts();
+        }
         while let Some(input) = sim_node.inbox.pop_front() {
             match input {
                 Input::Tick => node.tick(now_ms),
-                Input::Message(from, message) => node.handle_peer_message(from, message),
+                Input::Message(from, message) => {
+                    if crashes {
+                        sim_node.ap_promises.on_message(from, &message);
+                    }
+                    node.handle_peer_message(from, message);
+                }
                 Input::Request {
                     client,
                     request_id,
                     request,
                 } => {
+                    if crashes {
+                        sim_node.ap_promises.on_request(request_id, &request);
+                    }
                     sim_node.request_clients.insert(request_id, client);
                     node.handle_request(request_id, request);
                 }
@@ -794,6 +810,7 @@ impl Simulation {
                     sim_node.promises.note(node.raft(), message);
                 }
             }
+            sim_node.ap_promises.note(node, &ready);
         }
         for (to, message) in ready.messages.drain(..) {
             self.send(id, to, message, after);
@@ -1299,6 +1316,7 @@ impl Simulation {
         sim_node.inbox.clear();
         sim_node.request_clients.clear();
         sim_node.paused = false;
+        sim_node.ap_promises.crashed();
         let lost = sim_node.storage.unsynced_batches();
         sim_node.storage.crash();
         sim_node.incarnation += 1;
@@ -1313,7 +1331,9 @@ impl Simulation {
         }
         match Node::restore(sim_node.config.clone(), &sim_node.storage) {
             Ok(node) => {
-                if let Err(violation) = sim_node.promises.check(id, node.raft()) {
+                let checked = (sim_node.promises.check(id, node.raft()))
+                    .and_then(|()| sim_node.ap_promises.check(id, &node));
+                if let Err(violation) = checked {
                     self.violated(violation);
                     return;
                 }

@@ -50,7 +50,7 @@ pub struct SimArgs {
     /// With --seeds, the seed is appended to the file name.
     #[arg(long)]
     history: Option<String>,
-    /// Break Raft, the ap engine or the driver on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, read-repair-skips-merge, drop-hints, send-before-sync (outputs leave before the fsync).
+    /// Break Raft, the ap engine or the driver on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, read-repair-skips-merge, drop-hints, ack-before-sync (an ap replica acknowledges before its fsync), send-before-sync (outputs leave before the fsync).
     #[arg(long)]
     bug: Vec<String>,
     /// What the clients do: cp (linearizable register ops), ap (ap bucket with siblings) or ap-lww.
@@ -121,11 +121,13 @@ fn parse_bugs(names: &[String]) -> Result<Bugs, String> {
             "read-skips-quorum" => bugs.raft.read_skips_quorum = true,
             "read-repair-skips-merge" => bugs.ap.read_repair_skips_merge = true,
             "drop-hints" => bugs.ap.drop_hints = true,
+            "ack-before-sync" => bugs.ap.ack_before_sync = true,
             "send-before-sync" => bugs.send_before_sync = true,
             other => {
                 return Err(format!(
                     "unknown --bug '{other}' (known: vote-ignores-log, commit-counts-old-terms, \
-                     read-skips-quorum, read-repair-skips-merge, drop-hints, send-before-sync)"
+                     read-skips-quorum, read-repair-skips-merge, drop-hints, ack-before-sync, \
+                     send-before-sync)"
                 ))
             }
         }
@@ -424,5 +426,7 @@ mod tests {
         assert!(parse_seeds("5..1").is_err());
         assert!(parse_seeds("x").is_err());
         assert!(parse_bugs(&["nope".into()]).is_err());
+        let bugs = parse_bugs(&["ack-before-sync".into()]).map(|bugs| bugs.ap);
+        assert!(bugs.is_ok_and(|ap| ap.ack_before_sync && !ap.drop_hints));
     }
 }

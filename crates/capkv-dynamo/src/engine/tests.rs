@@ -113,10 +113,12 @@ impl Cluster {
                 let mut messages = Vec::new();
                 let mut responses = Vec::new();
                 let node = self.nodes.get_mut(&id).unwrap();
-                node.take_ready(&mut batch, &mut messages, &mut responses);
+                let must_sync = node.take_ready(&mut batch, &mut messages, &mut responses);
                 let storage = self.storage.get_mut(&id).unwrap();
                 if !batch.is_empty() {
                     storage.write(batch).unwrap();
+                }
+                if must_sync {
                     storage.sync().unwrap();
                 }
                 for (request, response) in responses {
@@ -491,6 +493,7 @@ fn the_read_repair_bug_loses_an_acknowledged_sibling_and_the_fix_keeps_it() {
         let mut cluster = Cluster::new(DynamoBugs {
             read_repair_skips_merge: bug,
             drop_hints: true,
+            ..DynamoBugs::default()
         });
         cluster.partition(&[1], &[2, 3]);
         cluster.write(1, "s", Some("left"), None, WriteLevel::One);
@@ -504,6 +507,33 @@ fn the_read_repair_bug_loses_an_acknowledged_sibling_and_the_fix_keeps_it() {
             assert_ne!(kept, ["left", "right"], "the bug must lose a sibling");
         } else {
             assert_eq!(kept, ["left", "right"]);
+        }
+    }
+}
+
+/// Driver contract 2: a replica's `ReplicateAck` follows the sync of the
+/// object it acknowledges, so a crash right after it keeps the write. With
+/// the `ack_before_sync` bug `take_ready` asks for no sync, and the same
+/// crash takes the acknowledged write away.
+#[test]
+fn contract_2_a_replica_acknowledges_only_what_a_crash_cannot_take() {
+    for bug in [false, true] {
+        let mut cluster = Cluster::new(DynamoBugs {
+            ack_before_sync: bug,
+            ..DynamoBugs::default()
+        });
+        let answer = cluster.write(1, "s", Some("a"), None, WriteLevel::All);
+        assert!(
+            matches!(answer, ApResponse::Written { acks: 3, .. }),
+            "{answer:?}"
+        );
+        cluster.crash(2);
+        cluster.restart(2);
+        let kept = cluster.local_values(2, "s");
+        if bug {
+            assert!(kept.is_empty(), "the bug must lose the write: {kept:?}");
+        } else {
+            assert_eq!(kept, ["a"]);
         }
     }
 }
@@ -571,7 +601,7 @@ fn a_duplicated_coordinate_message_makes_one_write() {
         spec,
     );
     let (mut batch, mut messages, mut responses) = (WriteBatch::new(), Vec::new(), Vec::new());
-    origin.take_ready(&mut batch, &mut messages, &mut responses);
+    let _ = origin.take_ready(&mut batch, &mut messages, &mut responses);
     let coordinate = messages
         .into_iter()
         .find(|(to, message)| *to == replica && matches!(message, DynamoMessage::Coordinate { .. }))
