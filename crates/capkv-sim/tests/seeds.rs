@@ -27,10 +27,11 @@ fn config(seed: u64, nodes: u64) -> SimConfig {
 
 fn describe(report: &SimReport) -> String {
     format!(
-        "seed {}: raft {:?}, linearizability {:?}, convergence {:?}\n  replay: {}",
+        "seed {}: raft {:?}, linearizability {:?}, stale reads {:?}, convergence {:?}\n  replay: {}",
         report.config.seed,
         report.raft_violation,
         report.linearizability,
+        report.stale_reads,
         report.convergence,
         report.config.replay_command()
     )

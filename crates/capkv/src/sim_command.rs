@@ -216,6 +216,11 @@ fn run_seed(config: SimConfig, history: Option<&str>, sweep: bool) -> SeedOutcom
         Some(Ok(text)) => text.clone(),
         Some(Err(text)) => format!("ap checkers FAILED {text}"),
     };
+    let linear = match &report.stale_reads {
+        None => linear,
+        Some(Ok(text)) => format!("{linear}, {text}"),
+        Some(Err(text)) => format!("{linear}, stale reads FAILED {text}"),
+    };
     lines.push(format!(
         "seed {seed}: simulated {:.1}s ({} events), ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
         report.simulated_ms as f64 / 1000.0,
