@@ -50,7 +50,7 @@ pub struct SimArgs {
     /// With --seeds, the seed is appended to the file name.
     #[arg(long)]
     history: Option<String>,
-    /// Break Raft, the ap engine or the driver on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, read-repair-skips-merge, drop-hints, send-before-sync (outputs leave before the fsync).
+    /// Break Raft, the ap engine or the driver on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, forward-answers-before-apply (no commit news ahead of a forwarded answer), read-repair-skips-merge, drop-hints, send-before-sync (outputs leave before the fsync).
     #[arg(long)]
     bug: Vec<String>,
     /// What the clients do: cp (linearizable register ops), ap (ap bucket with siblings) or ap-lww.
@@ -119,13 +119,15 @@ fn parse_bugs(names: &[String]) -> Result<Bugs, String> {
             "vote-ignores-log" => bugs.raft.vote_ignores_log = true,
             "commit-counts-old-terms" => bugs.raft.commit_counts_old_terms = true,
             "read-skips-quorum" => bugs.raft.read_skips_quorum = true,
+            "forward-answers-before-apply" => bugs.raft.forward_answers_before_apply = true,
             "read-repair-skips-merge" => bugs.ap.read_repair_skips_merge = true,
             "drop-hints" => bugs.ap.drop_hints = true,
             "send-before-sync" => bugs.send_before_sync = true,
             other => {
                 return Err(format!(
                     "unknown --bug '{other}' (known: vote-ignores-log, commit-counts-old-terms, \
-                     read-skips-quorum, read-repair-skips-merge, drop-hints, send-before-sync)"
+                     read-skips-quorum, forward-answers-before-apply, read-repair-skips-merge, \
+                     drop-hints, send-before-sync)"
                 ))
             }
         }
@@ -419,5 +421,7 @@ mod tests {
         assert!(parse_seeds("5..1").is_err());
         assert!(parse_seeds("x").is_err());
         assert!(parse_bugs(&["nope".into()]).is_err());
+        let known = parse_bugs(&["forward-answers-before-apply".into()]);
+        assert!(known.is_ok_and(|bugs| bugs.raft.forward_answers_before_apply));
     }
 }
