@@ -124,7 +124,9 @@ pub enum Command {
 impl Command {
     /// The command's postcard bytes, the data of its log entry, written
     /// into a buffer allocated once instead of one grown step by step.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// Public for observers that name an entry's command by the hash of its
+    /// bytes (the simulator's stale-read checker).
+    pub fn encode(&self) -> Vec<u8> {
         crate::persist::encode_with_capacity(self, self.data_bytes() + COMMAND_FIELDS_BYTES_MAX)
     }
 

@@ -101,6 +101,10 @@ pub enum PeerMessage {
         forward_id: u64,
         /// The answer.
         response: Response,
+        /// For a write, the index of its entry (a delete's answer does not
+        /// carry it): the follower answers its client only once it has
+        /// applied that far itself. `LogIndex(0)` for other answers.
+        applied_at: LogIndex,
     },
     /// ap traffic.
     Dynamo(Box<DynamoMessage>),
@@ -283,6 +287,11 @@ pub struct Node {
     reads_awaiting_apply: Vec<(LogIndex, Requester, String, String)>,
     /// Requests forwarded to the leader, by forward id.
     forwarded: BTreeMap<u64, Forwarded>,
+    /// The leader's answers to forwarded writes this node has not applied
+    /// yet: (entry index, request id, answer, tick it arrived). Answering at
+    /// once would let a stale read here, right after, miss the write. They
+    /// count toward `forwards_max` with `forwarded`.
+    answers_awaiting_apply: Vec<(LogIndex, u64, Response, u64)>,
     next_forward_id: u64,
     /// This life's boot epoch, until the first `ready` persists it (its
     /// messages, the first to carry the new ids, go out after that sync).
@@ -345,6 +354,7 @@ impl Node {
             pending_reads: BTreeMap::new(),
             reads_awaiting_apply: Vec::new(),
             forwarded: BTreeMap::new(),
+            answers_awaiting_apply: Vec::new(),
             next_forward_id: ids_from,
             boot_unsaved: Some(boot),
             forwards_seen: BTreeMap::new(),
@@ -396,6 +406,8 @@ impl Node {
         let horizon = self.ticks.saturating_sub(self.config.forward_timeout_ticks);
         self.forwarded
             .retain(|_, forwarded| forwarded.sent_tick >= horizon);
+        self.answers_awaiting_apply
+            .retain(|(_, _, _, arrived_tick)| *arrived_tick >= horizon);
     }
 
     /// A message from peer `from`. A peer is never trusted to be
@@ -417,12 +429,42 @@ impl Node {
             PeerMessage::Forwarded {
                 forward_id,
                 response,
+                applied_at,
             } => {
                 if let Some(forwarded) = self.forwarded.remove(&forward_id) {
-                    self.responses.push((forwarded.request_id, response));
+                    self.answer_forwarded(forwarded.request_id, response, applied_at);
                 }
             }
             PeerMessage::Dynamo(message) => self.dynamo.handle_message(from, *message),
+        }
+    }
+
+    /// The leader's answer to a request this node forwarded: a write's
+    /// answer waits until this node has applied the write, so that the node
+    /// holds every write made through it.
+    fn answer_forwarded(&mut self, request_id: u64, response: Response, applied_at: LogIndex) {
+        let answer_now =
+            applied_at <= self.applied || self.config.raft.bugs.forward_answers_before_apply;
+        if answer_now {
+            self.responses.push((request_id, response));
+        } else {
+            self.answers_awaiting_apply
+                .push((applied_at, request_id, response, self.ticks));
+        }
+    }
+
+    /// Answers the forwarded writes this node has now applied.
+    fn answer_applied_forwards(&mut self) {
+        if self.answers_awaiting_apply.is_empty() {
+            return;
+        }
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.answers_awaiting_apply)
+            .into_iter()
+            .partition(|(index, ..)| *index <= applied);
+        self.answers_awaiting_apply = waiting;
+        for (_, request_id, response, _) in ready {
+            self.responses.push((request_id, response));
         }
     }
 
@@ -479,7 +521,7 @@ impl Node {
                 return;
             }
         };
-        if self.forwarded.len() >= self.config.forwards_max {
+        if self.forwarded.len() + self.answers_awaiting_apply.len() >= self.config.forwards_max {
             self.responses.push((
                 request_id,
                 Response::Failed(RequestError::Busy("too many forwarded requests".into())),
@@ -587,12 +629,23 @@ impl Node {
     }
 
     fn respond(&mut self, requester: Requester, response: Response) {
+        self.respond_applied_at(requester, response, LogIndex(0));
+    }
+
+    /// Answers `requester`; `applied_at` is the index of the write the
+    /// answer reports (0 for other answers).
+    fn respond_applied_at(
+        &mut self,
+        requester: Requester,
+        response: Response,
+        applied_at: LogIndex,
+    ) {
         match requester {
             Requester::Local(request_id) => self.responses.push((request_id, response)),
             Requester::Remote { node, forward_id } => {
-                // The forwarder learns the commit index first (the link keeps
-                // order), so it has applied what it answers before a next
-                // request reaches it: a stale read there sees this write.
+                // The forwarder holds the answer until it has applied
+                // `applied_at`. It learns the commit index first (the link
+                // keeps order), so that wait is usually nil.
                 if let Some(news) = self.raft.commit_news(node) {
                     self.messages.push((node, PeerMessage::Raft(news)));
                 }
@@ -601,6 +654,7 @@ impl Node {
                     PeerMessage::Forwarded {
                         forward_id,
                         response,
+                        applied_at,
                     },
                 ));
             }
@@ -811,6 +865,7 @@ impl Node {
             }
         }
         self.serve_reads();
+        self.answer_applied_forwards();
         self.raft.advance_reusing(&mut ready);
     }
 
@@ -897,7 +952,11 @@ impl Node {
             },
             _ => Response::Failed(RequestError::Dropped),
         };
-        self.respond(pending.requester, response);
+        let applied_at = match response {
+            Response::Applied(_) => entry.index,
+            _ => LogIndex(0),
+        };
+        self.respond_applied_at(pending.requester, response, applied_at);
     }
 
     /// Answers, in order, the confirmed reads the state machine has caught

@@ -3,9 +3,9 @@
 // Test set-up helpers panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used)]
 
-use capkv_core::NodeId;
+use capkv_core::{LogIndex, NodeId};
 use capkv_node::{
-    BucketSpec, Command, Node, NodeConfig, PeerMessage, ReadConsistency, Request, Response,
+    Applied, BucketSpec, Command, Node, NodeConfig, PeerMessage, ReadConsistency, Request, Response,
 };
 use capkv_storage::{MemStorage, Storage};
 
@@ -195,6 +195,68 @@ fn a_follower_has_applied_the_write_it_forwarded_when_it_answers() {
         [(3, Response::Value(Some(versioned)))] => assert_eq!(versioned.value, b"v".to_vec()),
         other => panic!("stale read at {follower} after its forwarded write: {other:?}"),
     }
+}
+
+/// The commit news ahead of a forwarded answer is not enough on its own:
+/// it is not sent to a follower in probe or with a full window, nor by a
+/// leader that lost its role before applying, and a broken connection can
+/// lose it while the answer gets through (the simulator's stale-read
+/// checker found all of these). So the forwarder holds a write's answer
+/// until it has applied the write's index itself.
+#[test]
+fn a_follower_holds_a_forwarded_answer_until_it_has_applied_the_write() {
+    let (mut three, leader) = Three::elect();
+    let follower = [NodeId(1), NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let at = Three::index(follower);
+    three.nodes[at].handle_request(
+        1,
+        Request::Write(Command::CreateBucket {
+            name: "b".into(),
+            spec: BucketSpec::cp(3),
+        }),
+    );
+    three.deliver_all();
+    three.nodes[at].handle_request(
+        2,
+        Request::Write(Command::Put {
+            bucket: "b".into(),
+            key: "k".into(),
+            value: b"v".to_vec(),
+        }),
+    );
+    let (_, messages) = run(&mut three.nodes[at], &mut three.storages[at]);
+    let (forward_id, forward) = messages
+        .into_iter()
+        .find_map(|(_, message)| match message {
+            PeerMessage::Forward { forward_id, .. } => Some((forward_id, message)),
+            _ => None,
+        })
+        .unwrap();
+    // The put's entry comes next; an answer naming it arrives before the
+    // follower has it, as if its commit news were lost.
+    let put_index = LogIndex(three.nodes[at].applied_index().0 + 1);
+    let early = PeerMessage::Forwarded {
+        forward_id,
+        response: Response::Applied(Applied::Written {
+            version: put_index.0,
+        }),
+        applied_at: put_index,
+    };
+    three.nodes[at].handle_peer_message(leader, early);
+    let (answers, _) = run(&mut three.nodes[at], &mut three.storages[at]);
+    assert!(answers.is_empty(), "answered before applying: {answers:?}");
+    let leader_index = Three::index(leader);
+    three.nodes[leader_index].handle_peer_message(follower, forward);
+    let answers = three.deliver_all();
+    assert_eq!(three.nodes[at].applied_index(), put_index);
+    assert!(
+        matches!(answers[at].as_slice(), [(2, Response::Applied(_))]),
+        "the held answer once applied: {:?}",
+        answers[at]
+    );
 }
 
 /// The first forward id a node sends: it forwards one write to the leader

@@ -54,6 +54,12 @@ pub struct DeliberateBugs {
     /// Serve ReadIndex reads at once, without the heartbeat round that
     /// proves the leader is still the leader (thesis §6.4 step 3).
     pub read_skips_quorum: bool,
+    /// Send no commit news ahead of a forwarded request's answer
+    /// ([`crate::Raft::commit_news`] returns `None`), and let the node that
+    /// forwarded a write answer its client as soon as the leader's answer
+    /// arrives, before it has applied the write itself: a stale read there
+    /// right after misses the write.
+    pub forward_answers_before_apply: bool,
 }
 
 /// A configuration that cannot work.

@@ -447,7 +447,7 @@ impl Raft {
     /// only reads the log and notes the commit index as sent. The message
     /// belongs to step 2 of the output contract like any other.
     pub fn commit_news(&mut self, to: NodeId) -> Option<Message> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.config.bugs.forward_answers_before_apply {
             return None;
         }
         let commit = self.log.committed;

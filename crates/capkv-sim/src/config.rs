@@ -250,6 +250,9 @@ impl SimConfig {
         if self.bugs.read_skips_quorum {
             command.push_str(" --bug read-skips-quorum");
         }
+        if self.bugs.forward_answers_before_apply {
+            command.push_str(" --bug forward-answers-before-apply");
+        }
         if self.workload != Workload::Cp {
             command.push_str(&format!(" --workload {}", self.workload.name()));
         }

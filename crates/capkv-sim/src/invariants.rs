@@ -66,6 +66,17 @@ impl RaftInvariants {
         self.committed_max
     }
 
+    /// The hash of the command applied (hence committed) at `index`, if any
+    /// node applied one there.
+    pub fn applied_hash(&self, index: LogIndex) -> Option<u64> {
+        let position = usize::try_from(index.0).ok()?;
+        self.applied
+            .get(position)
+            .copied()
+            .flatten()
+            .map(|(_, hash)| hash)
+    }
+
     /// Election safety: at most one leader per term. Leader completeness: a
     /// new leader's log holds every entry committed before its term.
     pub fn on_leader(&mut self, node: NodeId, raft: &Raft) -> Result<(), Violation> {

@@ -12,13 +12,14 @@
 //! record a history; checkers run on every step (Raft's safety properties),
 //! at every restart (durability: a node's disk still holds every term, vote
 //! and entry its messages revealed, and every ap object it acknowledged) and at the end (linearizability with `capkv-check`, convergence after the
-//! faults heal). The same seed gives the same run, event for event, and the
+//! faults heal, and stale reads: a node holds every write made through it). The same seed gives the same run, event for event, and the
 //! trace hash proves it.
 //!
 //! Layout: `config.rs` (what a run depends on), `sim.rs` (event loop, nodes,
 //! network, nemesis), `workload.rs` (cp clients and their history),
 //! `invariants.rs` (election safety, log matching, leader completeness, state
-//! machine safety), `durability.rs` (what a restarted node must remember), `ap_workload.rs` (ap clients: put/get/delete at every
+//! machine safety), `durability.rs` (what a restarted node must remember),
+//! `stale_check.rs` (what a stale read must see), `ap_workload.rs` (ap clients: put/get/delete at every
 //! level, with contexts and sessions) and `ap_check.rs` (the ap checkers).
 //!
 //! What it does not do: no threads, no real time, no real I/O; it does not
@@ -33,6 +34,7 @@ mod config;
 mod durability;
 mod invariants;
 mod sim;
+mod stale_check;
 mod workload;
 
 pub use capkv_node::{Conflict, DynamoBugs};

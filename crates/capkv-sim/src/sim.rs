@@ -3,7 +3,7 @@ use crate::ap_workload::{ApClient, AP_BUCKET, AP_REPLICAS};
 use crate::config::{Fault, SimConfig, Workload};
 use crate::durability::{ApPromises, Promises};
 use crate::invariants::{RaftInvariants, Violation};
-use crate::workload::{Client, ClientAction};
+use crate::workload::{Client, ClientAction, StaleRead};
 use capkv_check::Event as HistoryEvent;
 use capkv_core::{LogIndex, NodeId, Rng, StableHasher, Term};
 use capkv_node::{Node, NodeConfig, NodeEvent, NodeReady, PeerMessage, Request, Response};
@@ -19,6 +19,9 @@ const MS: Micros = 1_000;
 /// Most inputs buffered for a busy or paused node; more are dropped (a full
 /// socket buffer).
 const INBOX_MAX: usize = 10_000;
+/// Most stale reads kept for the checker; later ones are counted and not
+/// checked (a 20 s run records a few hundred).
+const STALE_READS_MAX: usize = 1_000_000;
 
 /// What happens at one instant of virtual time.
 #[derive(Debug)]
@@ -42,6 +45,8 @@ enum Action {
         client: usize,
         request_id: u64,
         response: Response,
+        /// The answering node's life (restarts count) when it answered.
+        life: u64,
     },
     ClientWake(usize),
     TurnDone(NodeId),
@@ -178,14 +183,16 @@ enum Input {
 
 /// A cp or an ap client.
 enum SimClient {
-    Cp(Client),
+    /// Boxed: a cp client carries its stale-read bookkeeping, and the
+    /// clients vector should not pay that for every ap client.
+    Cp(Box<Client>),
     Ap(ApClient),
 }
 
 impl SimClient {
-    fn sent(&mut self, request_id: u64, deadline: Micros) {
+    fn sent(&mut self, request_id: u64, deadline: Micros, committed: LogIndex) {
         match self {
-            SimClient::Cp(client) => client.sent(request_id, deadline),
+            SimClient::Cp(client) => client.sent(request_id, deadline, committed),
             SimClient::Ap(client) => client.sent(request_id, deadline),
         }
     }
@@ -197,9 +204,15 @@ impl SimClient {
         }
     }
 
-    fn on_response(&mut self, now: Micros, request_id: u64, response: Response) -> ClientAction {
+    fn on_response(
+        &mut self,
+        now: Micros,
+        request_id: u64,
+        response: Response,
+        life: u64,
+    ) -> ClientAction {
         match self {
-            SimClient::Cp(client) => client.on_response(now, request_id, response),
+            SimClient::Cp(client) => client.on_response(now, request_id, response, life),
             SimClient::Ap(client) => client.on_response(now, request_id, response),
         }
     }
@@ -268,6 +281,11 @@ pub struct SimReport {
     pub ap: Option<Result<String, String>>,
     /// The ap clients' operations, for ap workloads.
     pub ap_history: Vec<ApRecord>,
+    /// The stale-read checker's verdict, for cp workloads.
+    pub stale_reads: Option<Result<String, String>>,
+    /// Stale reads completed (they stay out of the history and out of
+    /// `ops_ok`, `ops_fail` and `ops_info`).
+    pub ops_stale: u64,
     /// After the quiet period: every replica equal and a leader present.
     pub convergence: Result<(), String>,
     /// Hash of every event processed: same seed, same hash.
@@ -285,6 +303,7 @@ impl SimReport {
             && self.linearizability.is_ok()
             && self.convergence.is_ok()
             && self.ap.as_ref().is_none_or(Result::is_ok)
+            && self.stale_reads.as_ref().is_none_or(Result::is_ok)
     }
 }
 
@@ -321,6 +340,10 @@ pub struct Simulation {
     crashes: bool,
     violation: Option<Violation>,
     history: Vec<HistoryEvent>,
+    /// The cp clients' stale reads, at most [`STALE_READS_MAX`].
+    stale_reads: Vec<StaleRead>,
+    /// Stale reads beyond the bound, not checked.
+    stale_reads_unrecorded: u64,
     timeline: Vec<String>,
     trace: StableHasher,
     events: u64,
@@ -381,14 +404,14 @@ impl Simulation {
             .collect();
         let clients = (0..config.clients as usize)
             .map(|index| match config.workload {
-                Workload::Cp => SimClient::Cp(Client::new(
+                Workload::Cp => SimClient::Cp(Box::new(Client::new(
                     index,
                     config.clients,
                     config.keys,
                     config.nodes,
                     config.client_timeout_ms * MS,
                     rng.fork(),
-                )),
+                ))),
                 Workload::Ap(conflict) => SimClient::Ap(ApClient::new(
                     index,
                     config.keys,
@@ -423,6 +446,8 @@ impl Simulation {
                 .any(|fault| matches!(fault, Fault::Crash | Fault::Churn)),
             violation: None,
             history: Vec::new(),
+            stale_reads: Vec::new(),
+            stale_reads_unrecorded: 0,
             timeline: Vec::new(),
             trace: StableHasher::new(),
             events: 0,
@@ -559,10 +584,11 @@ impl Simulation {
                 client,
                 request_id,
                 response,
+                life,
             } => {
                 self.trace.write_u64(request_id);
                 let now = self.now;
-                let action = self.clients[client].on_response(now, request_id, response);
+                let action = self.clients[client].on_response(now, request_id, response, life);
                 self.client_act(client, action);
             }
             Action::ClientWake(client) => {
@@ -820,12 +846,14 @@ impl Simulation {
                 continue;
             };
             let delay = after + self.rng.range(100, 1_000);
+            let life = self.nodes[index].incarnation;
             self.schedule(
                 delay,
                 Action::ClientResponse {
                     client,
                     request_id,
                     response,
+                    life,
                 },
             );
         }
@@ -895,7 +923,8 @@ impl Simulation {
             } => {
                 let request_id = self.next_request_id;
                 self.next_request_id += 1;
-                self.clients[client].sent(request_id, self.now + timeout);
+                let committed = self.invariants.committed_max();
+                self.clients[client].sent(request_id, self.now + timeout, committed);
                 let delay = self.rng.range(100, 1_000);
                 self.schedule(
                     delay,
@@ -910,7 +939,15 @@ impl Simulation {
             }
         }
         match &mut self.clients[client] {
-            SimClient::Cp(cp) => cp.drain_history_into(&mut self.history),
+            SimClient::Cp(cp) => {
+                cp.drain_history_into(&mut self.history);
+                cp.drain_stale_reads_into(&mut self.stale_reads);
+                if self.stale_reads.len() > STALE_READS_MAX {
+                    let beyond = self.stale_reads.len() - STALE_READS_MAX;
+                    self.stale_reads_unrecorded += beyond as u64;
+                    self.stale_reads.truncate(STALE_READS_MAX);
+                }
+            }
             SimClient::Ap(ap) => self.ap_records.extend(ap.take_records()),
         }
     }
@@ -1395,6 +1432,10 @@ impl Simulation {
             )),
             Workload::Ap(_) => None,
         };
+        let stale_reads = match self.config.workload {
+            Workload::Cp => Some(self.check_stale_reads()),
+            Workload::Ap(_) => None,
+        };
         let (ops_ok, ops_fail, ops_info) = match self.config.workload {
             Workload::Cp => crate::workload::count_outcomes(&self.history),
             Workload::Ap(_) => crate::ap_check::count_outcomes(&self.ap_records),
@@ -1420,11 +1461,24 @@ impl Simulation {
             linearizability,
             ap,
             ap_history: std::mem::take(&mut self.ap_records),
+            stale_reads,
+            ops_stale: self.stale_reads.len() as u64 + self.stale_reads_unrecorded,
             convergence,
             trace_hash: self.trace.finish(),
             history: self.history,
             timeline: self.timeline,
             config: self.config,
+        }
+    }
+
+    /// The stale-read checker's verdict, naming the reads left unchecked
+    /// beyond the bound.
+    fn check_stale_reads(&self) -> Result<String, String> {
+        let verdict = crate::stale_check::check(&self.stale_reads, &self.history, &self.invariants);
+        match (verdict, self.stale_reads_unrecorded) {
+            (verdict, 0) => verdict,
+            (Ok(text), beyond) => Ok(format!("{text}; {beyond} beyond the bound not checked")),
+            (Err(text), _) => Err(text),
         }
     }
 

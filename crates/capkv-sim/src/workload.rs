@@ -1,10 +1,18 @@
 //! Simulated clients: each runs one operation at a time against the cluster,
 //! follows leader hints, retries only what certainly did not happen, and
 //! records a Jepsen-style history.
+//!
+//! About one operation in ten is a stale read, served by whichever node it
+//! is sent to from that node's applied state. Stale reads are not
+//! linearizable, so they stay out of the history and are recorded apart as
+//! [`StaleRead`]s for the stale-read checker. Most of them read back a
+//! write: right after a node answered this client's write OK, the client
+//! may ask that same node for the same key, which tests the promise that a
+//! node holds every write made through it.
 
 use crate::sim::Micros;
 use capkv_check::{Event, EventType, OpKind};
-use capkv_core::{NodeId, Rng};
+use capkv_core::{LogIndex, NodeId, Rng, StableHasher};
 use capkv_node::{
     Applied, BucketSpec, Command, Expected, ReadConsistency, Request, RequestError, Response,
 };
@@ -16,6 +24,12 @@ const MS: Micros = 1_000;
 const RETRIES_MAX: u32 = 30;
 /// The bucket every simulated client uses.
 pub const BUCKET: &str = "sim";
+/// Chance that a write, cas or delete answered OK is followed by a stale
+/// read of its key at the node that answered it.
+const READ_BACK_CHANCE: f64 = 0.18;
+/// Chance that an operation is a stale read of a random key at a random
+/// node (besides the read-backs).
+const STALE_READ_ANY_CHANCE: f64 = 0.04;
 
 /// What a client wants the simulator to do next.
 #[derive(Debug)]
@@ -42,9 +56,70 @@ struct Operation {
     /// The history value of the invoke.
     value: Value,
     request: Request,
-    /// False for set-up operations (creating the bucket) that are not part
-    /// of the checked history.
+    /// False for operations that are not part of the linearizability
+    /// history: set-up (creating the bucket) and stale reads.
     recorded: bool,
+    /// The node a stale read must be sent to; other operations follow the
+    /// leader hint.
+    target: Option<NodeId>,
+}
+
+impl Operation {
+    fn is_stale_read(&self) -> bool {
+        matches!(
+            self.request,
+            Request::Read {
+                consistency: ReadConsistency::Stale,
+                ..
+            }
+        )
+    }
+}
+
+/// What a write acknowledged by a node did to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteEffect {
+    /// A put or a compare-and-set wrote the key at this log index (its new
+    /// version).
+    Written {
+        /// The entry's index, as the answer gave it.
+        version: u64,
+    },
+    /// A delete. Its answer does not carry its index, but the entry lies
+    /// above every index committed when the request last left the client:
+    /// the leader that proposed it held all of those.
+    Deleted {
+        /// The highest index committed when the delete was last sent.
+        above: LogIndex,
+    },
+}
+
+/// A client's write acknowledged OK by one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcknowledgedWrite {
+    /// The life (restarts count) of the node when it answered.
+    pub life: u64,
+    /// What the write did.
+    pub effect: WriteEffect,
+}
+
+/// One stale read and what the checker needs to judge it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaleRead {
+    /// The client that read.
+    pub client: usize,
+    /// The node that answered.
+    pub node: NodeId,
+    /// The life (restarts count) of the node when it answered.
+    pub life: u64,
+    /// The key read.
+    pub key: String,
+    /// What the node returned: the value and its version, or `None` for an
+    /// absent key.
+    pub returned: Option<(Value, u64)>,
+    /// This client's last write of the key acknowledged by the same node,
+    /// if any.
+    pub last_write: Option<AcknowledgedWrite>,
 }
 
 #[derive(Debug)]
@@ -55,6 +130,8 @@ enum State {
         deadline: Micros,
         operation: Operation,
         retries: u32,
+        /// Where the request went.
+        node: NodeId,
     },
     Backoff {
         until: Micros,
@@ -82,6 +159,17 @@ pub struct Client {
     /// History events recorded and not yet drained by the simulator.
     new_events: Vec<Event>,
     timeout: Micros,
+    /// This client's last write of each key acknowledged by each node (at
+    /// most nodes times keys entries).
+    acknowledged: BTreeMap<(NodeId, String), AcknowledgedWrite>,
+    /// The stale read-back to do next: the node that just acknowledged a
+    /// write, and its key.
+    read_back: Option<(NodeId, String)>,
+    /// The highest index committed anywhere when the last request left,
+    /// as the simulator reported it.
+    committed_at_send: LogIndex,
+    /// Stale reads recorded and not yet drained by the simulator.
+    new_stale_reads: Vec<StaleRead>,
 }
 
 impl Client {
@@ -109,11 +197,16 @@ impl Client {
             last_seen: BTreeMap::new(),
             new_events: Vec::new(),
             timeout,
+            acknowledged: BTreeMap::new(),
+            read_back: None,
+            committed_at_send: LogIndex(0),
+            new_stale_reads: Vec::new(),
         }
     }
 
-    /// Records that request `request_id` went out with `deadline`.
-    pub fn sent(&mut self, request_id: u64, deadline: Micros) {
+    /// Records that request `request_id` went out with `deadline`, when the
+    /// highest index committed anywhere was `committed`.
+    pub fn sent(&mut self, request_id: u64, deadline: Micros, committed: LogIndex) {
         if let State::Waiting {
             request_id: id,
             deadline: d,
@@ -123,6 +216,13 @@ impl Client {
             *id = request_id;
             *d = deadline;
         }
+        self.committed_at_send = committed;
+    }
+
+    /// Moves the stale reads recorded since the last call to the end of
+    /// `reads`.
+    pub fn drain_stale_reads_into(&mut self, reads: &mut Vec<StaleRead>) {
+        reads.append(&mut self.new_stale_reads);
     }
 
     /// Moves the events recorded since the last call to the end of
@@ -152,6 +252,7 @@ impl Client {
                 deadline,
                 operation,
                 retries,
+                node,
             } => {
                 if now < deadline {
                     self.state = State::Waiting {
@@ -159,6 +260,7 @@ impl Client {
                         deadline,
                         operation,
                         retries,
+                        node,
                     };
                     return ClientAction::Idle;
                 }
@@ -199,7 +301,8 @@ impl Client {
     /// process is done (`info`) and the client continues as a new process.
     fn give_up(&mut self, operation: &Operation) {
         if !operation.recorded {
-            // Set-up is idempotent: it is simply tried again.
+            // Set-up is idempotent: it is simply tried again. A stale read
+            // has no effect and is not in the history.
         } else if operation.f == OpKind::Read {
             // A read has no effect: it simply failed.
             self.record(EventType::Fail, operation, Value::Null);
@@ -215,9 +318,9 @@ impl Client {
     }
 
     fn send(&mut self, operation: Operation, retries: u32) -> ClientAction {
-        let node = match self.leader_hint {
+        let node = match operation.target.or(self.leader_hint) {
             Some(node) => node,
-            None => NodeId(1 + self.rng.range(0, self.nodes)),
+            None => self.any_node(),
         };
         let request = operation.request.clone();
         self.state = State::Waiting {
@@ -225,6 +328,7 @@ impl Client {
             deadline: Micros::MAX,
             operation,
             retries,
+            node,
         };
         ClientAction::Send {
             node,
@@ -233,24 +337,86 @@ impl Client {
         }
     }
 
-    /// A response arrived.
+    fn any_node(&mut self) -> NodeId {
+        NodeId(1 + self.rng.range(0, self.nodes))
+    }
+
+    /// A response arrived from a node in its life `life` (restarts count).
     pub fn on_response(
         &mut self,
         now: Micros,
         request_id: u64,
         response: Response,
+        life: u64,
     ) -> ClientAction {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Waiting {
                 request_id: waiting_for,
                 operation,
                 retries,
+                node,
                 ..
-            } if waiting_for == request_id => self.on_answer(now, operation, retries, response),
+            } if waiting_for == request_id => {
+                let answered_by = Answerer { node, life };
+                if operation.is_stale_read() {
+                    self.on_stale_answer(operation, answered_by, response)
+                } else {
+                    self.on_answer(now, operation, retries, answered_by, response)
+                }
+            }
             other => {
                 self.state = other; // a late answer to an abandoned request
                 ClientAction::Idle
             }
+        }
+    }
+
+    /// The answer to a stale read; the state is already Idle. Only a value
+    /// is recorded: a failure (the node has not seen the bucket yet) says
+    /// nothing, and a stale read is not retried.
+    fn on_stale_answer(
+        &mut self,
+        operation: Operation,
+        answered_by: Answerer,
+        response: Response,
+    ) -> ClientAction {
+        if let Response::Value(versioned) = response {
+            let returned = versioned.map(|v| (decode_value(&v.value), v.version));
+            let last_write = self
+                .acknowledged
+                .get(&(answered_by.node, operation.key.clone()))
+                .copied();
+            self.new_stale_reads.push(StaleRead {
+                client: self.index,
+                node: answered_by.node,
+                life: answered_by.life,
+                key: operation.key,
+                returned,
+                last_write,
+            });
+        }
+        self.think()
+    }
+
+    /// Notes a write, cas or delete `answered_by` acknowledged with
+    /// `applied`, and maybe plans to read it back there.
+    fn acknowledged(&mut self, key: &str, answered_by: Answerer, applied: &Applied) {
+        let effect = match applied {
+            Applied::Written { version } => WriteEffect::Written { version: *version },
+            Applied::Deleted { .. } => WriteEffect::Deleted {
+                above: self.committed_at_send,
+            },
+            _ => return,
+        };
+        self.acknowledged.insert(
+            (answered_by.node, key.to_string()),
+            AcknowledgedWrite {
+                life: answered_by.life,
+                effect,
+            },
+        );
+        if self.rng.chance(READ_BACK_CHANCE) {
+            self.read_back = Some((answered_by.node, key.to_string()));
         }
     }
 
@@ -260,6 +426,7 @@ impl Client {
         now: Micros,
         operation: Operation,
         retries: u32,
+        answered_by: Answerer,
         response: Response,
     ) -> ClientAction {
         match response {
@@ -271,10 +438,11 @@ impl Client {
                 self.bucket_ready = true;
                 self.think()
             }
-            Response::Applied(_) => {
+            Response::Applied(applied) => {
                 if let Some(new) = written_value(&operation) {
                     self.last_seen.insert(operation.key.clone(), new);
                 }
+                self.acknowledged(&operation.key, answered_by, &applied);
                 self.record(EventType::Ok, &operation, operation.value.clone());
                 self.think()
             }
@@ -319,6 +487,14 @@ impl Client {
     }
 
     fn next_operation(&mut self) -> Operation {
+        if let Some((node, key)) = self.read_back.take() {
+            return stale_read(key, node);
+        }
+        if self.rng.chance(STALE_READ_ANY_CHANCE) {
+            let key = format!("k{}", self.rng.range(0, self.keys));
+            let node = self.any_node();
+            return stale_read(key, node);
+        }
         let key = format!("k{}", self.rng.range(0, self.keys));
         let roll = self.rng.range(0, 100);
         if roll < 45 {
@@ -332,57 +508,29 @@ impl Client {
                     consistency: ReadConsistency::Linearizable,
                 },
                 recorded: true,
+                target: None,
             };
         }
         if roll < 50 {
-            return Operation {
-                f: OpKind::Delete,
-                key: key.clone(),
-                value: Value::Null,
-                request: Request::Write(Command::Delete {
-                    bucket: BUCKET.into(),
-                    key,
-                }),
-                recorded: true,
-            };
+            return recorded_write(OpKind::Delete, key, Value::Null);
         }
         self.writes += 1;
         let new = (self.index as u64 + 1) * 1_000_000 + self.writes;
         if roll < 80 {
-            return Operation {
-                f: OpKind::Write,
-                key: key.clone(),
-                value: Value::from(new),
-                request: Request::Write(Command::Put {
-                    bucket: BUCKET.into(),
-                    key,
-                    value: new.to_string().into_bytes(),
-                }),
-                recorded: true,
-            };
+            return recorded_write(OpKind::Write, key, Value::from(new));
         }
         let expected = self.last_seen.get(&key).cloned().unwrap_or(Value::Null);
-        let expected_bytes = match &expected {
-            Value::Null => None,
-            other => Some(encode_value(other)),
-        };
-        Operation {
-            f: OpKind::Cas,
-            key: key.clone(),
-            value: Value::Array(vec![expected, Value::from(new)]),
-            request: Request::Write(Command::Cas {
-                bucket: BUCKET.into(),
-                key,
-                expected: Expected::Value(expected_bytes),
-                value: Some(new.to_string().into_bytes()),
-            }),
-            recorded: true,
-        }
+        recorded_write(
+            OpKind::Cas,
+            key,
+            Value::Array(vec![expected, Value::from(new)]),
+        )
     }
 
     /// At the end of the run, an operation still waiting has an unknown
     /// outcome.
     pub fn close_open_operations(&mut self, history: &mut Vec<Event>) {
+        self.read_back = None;
         let operation = match std::mem::replace(&mut self.state, State::Idle) {
             State::Waiting { operation, .. } | State::Backoff { operation, .. } => operation,
             State::Idle => return,
@@ -390,6 +538,13 @@ impl Client {
         self.give_up(&operation);
         self.drain_history_into(history);
     }
+}
+
+/// The node that answered a request, and its life then.
+#[derive(Clone, Copy, Debug)]
+struct Answerer {
+    node: NodeId,
+    life: u64,
 }
 
 fn create_bucket() -> Operation {
@@ -402,7 +557,77 @@ fn create_bucket() -> Operation {
             spec: BucketSpec::cp(3),
         }),
         recorded: false,
+        target: None,
     }
+}
+
+fn stale_read(key: String, node: NodeId) -> Operation {
+    Operation {
+        f: OpKind::Read,
+        key: key.clone(),
+        value: Value::Null,
+        request: Request::Read {
+            bucket: BUCKET.into(),
+            key,
+            consistency: ReadConsistency::Stale,
+        },
+        recorded: false,
+        target: Some(node),
+    }
+}
+
+/// A write, cas or delete of the history, with `value` its history value.
+fn recorded_write(f: OpKind, key: String, value: Value) -> Operation {
+    let command =
+        command_of(f, &key, &value).expect("the workload only makes writes command_of can express");
+    Operation {
+        f,
+        key,
+        value,
+        request: Request::Write(command),
+        recorded: true,
+        target: None,
+    }
+}
+
+/// The command a history operation sends: one function for the client
+/// and the stale-read checker, so that the checker hashes the very bytes
+/// the entry holds. `None` for reads and malformed values.
+pub(crate) fn command_of(f: OpKind, key: &str, value: &Value) -> Option<Command> {
+    let bucket = BUCKET.to_string();
+    let key = key.to_string();
+    match f {
+        OpKind::Read => None,
+        OpKind::Delete => Some(Command::Delete { bucket, key }),
+        OpKind::Write => Some(Command::Put {
+            bucket,
+            key,
+            value: encode_value(value),
+        }),
+        OpKind::Cas => {
+            let Value::Array(pair) = value else {
+                return None;
+            };
+            let [expected, new] = pair.as_slice() else {
+                return None;
+            };
+            let expected_bytes = match expected {
+                Value::Null => None,
+                other => Some(encode_value(other)),
+            };
+            Some(Command::Cas {
+                bucket,
+                key,
+                expected: Expected::Value(expected_bytes),
+                value: Some(encode_value(new)),
+            })
+        }
+    }
+}
+
+/// The hash by which the Raft checker knows the entry of `command`.
+pub(crate) fn command_hash(command: &Command) -> u64 {
+    StableHasher::hash_bytes(&command.encode())
 }
 
 fn written_value(operation: &Operation) -> Option<Value> {

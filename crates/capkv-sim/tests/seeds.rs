@@ -27,10 +27,11 @@ fn config(seed: u64, nodes: u64) -> SimConfig {
 
 fn describe(report: &SimReport) -> String {
     format!(
-        "seed {}: raft {:?}, linearizability {:?}, convergence {:?}\n  replay: {}",
+        "seed {}: raft {:?}, linearizability {:?}, stale reads {:?}, convergence {:?}\n  replay: {}",
         report.config.seed,
         report.raft_violation,
         report.linearizability,
+        report.stale_reads,
         report.convergence,
         report.config.replay_command()
     )
@@ -258,4 +259,32 @@ fn bad_configs_are_refused_with_a_reason() {
         Fault::parse_list("figure8,transfer"),
         Ok(vec![Fault::Transfer, Fault::Figure8])
     );
+}
+
+/// A node holds every write made through it: a follower that forwarded a
+/// write answers its client only once it has applied the write (the leader
+/// sends it the commit index ahead of the answer, and it waits for the rest).
+/// Broken, the follower answers first, and a stale read there right after
+/// misses the write. The stale-read checker must notice within 3 seeds
+/// without any fault: the read-backs alone find it.
+#[test]
+fn simulator_catches_a_forwarder_that_answers_before_it_applies() {
+    let bugs = DeliberateBugs {
+        forward_answers_before_apply: true,
+        ..DeliberateBugs::default()
+    };
+    let Some((_, report)) = first_seed_catching(raft_bugs(bugs), &[], 3) else {
+        panic!("no seed in 1..=3 caught a forwarder that answers before it applies");
+    };
+    let verdict = report
+        .stale_reads
+        .as_ref()
+        .map(|verdict| verdict.as_ref().err());
+    assert!(
+        matches!(verdict, Some(Some(detail)) if detail.contains("read-your-writes")),
+        "{}",
+        describe(&report)
+    );
+    assert!(report.raft_violation.is_none(), "{}", describe(&report));
+    assert!(report.linearizability.is_ok(), "{}", describe(&report));
 }

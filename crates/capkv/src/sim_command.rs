@@ -50,7 +50,7 @@ pub struct SimArgs {
     /// With --seeds, the seed is appended to the file name.
     #[arg(long)]
     history: Option<String>,
-    /// Break Raft, the ap engine or the driver on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, read-repair-skips-merge, drop-hints, ack-before-sync (an ap replica acknowledges before its fsync), send-before-sync (outputs leave before the fsync).
+    /// Break Raft, the ap engine or the driver on purpose to see a checker fail: vote-ignores-log, commit-counts-old-terms, read-skips-quorum, forward-answers-before-apply (a forwarder answers a write before it has applied it), read-repair-skips-merge, drop-hints, ack-before-sync (an ap replica acknowledges before its fsync), send-before-sync (outputs leave before the fsync).
     #[arg(long)]
     bug: Vec<String>,
     /// What the clients do: cp (linearizable register ops), ap (ap bucket with siblings) or ap-lww.
@@ -119,6 +119,7 @@ fn parse_bugs(names: &[String]) -> Result<Bugs, String> {
             "vote-ignores-log" => bugs.raft.vote_ignores_log = true,
             "commit-counts-old-terms" => bugs.raft.commit_counts_old_terms = true,
             "read-skips-quorum" => bugs.raft.read_skips_quorum = true,
+            "forward-answers-before-apply" => bugs.raft.forward_answers_before_apply = true,
             "read-repair-skips-merge" => bugs.ap.read_repair_skips_merge = true,
             "drop-hints" => bugs.ap.drop_hints = true,
             "ack-before-sync" => bugs.ap.ack_before_sync = true,
@@ -126,8 +127,8 @@ fn parse_bugs(names: &[String]) -> Result<Bugs, String> {
             other => {
                 return Err(format!(
                     "unknown --bug '{other}' (known: vote-ignores-log, commit-counts-old-terms, \
-                     read-skips-quorum, read-repair-skips-merge, drop-hints, ack-before-sync, \
-                     send-before-sync)"
+                     read-skips-quorum, forward-answers-before-apply, read-repair-skips-merge, \
+                     drop-hints, ack-before-sync, send-before-sync)"
                 ))
             }
         }
@@ -205,25 +206,34 @@ fn run_seed(config: SimConfig, history: Option<&str>, sweep: bool) -> SeedOutcom
         }
     };
     let mut lines = report.timeline.clone();
-    let raft = match &report.raft_violation {
+    // The invariants checked at every step and every restart: Raft's
+    // safety properties and durability (of Raft state and ap objects).
+    let invariants = match &report.raft_violation {
         None => "ok".to_string(),
-        Some(v) => format!("VIOLATED {}: {}", v.property, v.detail),
-    };
-    let linear = match &report.linearizability {
-        Ok(text) => text.clone(),
-        Err(text) => format!("FAILED {text}"),
+        Some(v) => format!("VIOLATED ({}): {}", v.property, v.detail),
     };
     let convergence = match &report.convergence {
         Ok(()) => "ok".to_string(),
         Err(text) => format!("FAILED {text}"),
     };
-    let linear = match &report.ap {
-        None => linear,
-        Some(Ok(text)) => text.clone(),
-        Some(Err(text)) => format!("ap checkers FAILED {text}"),
+    let checkers = match (report.config.workload, &report.ap) {
+        (Workload::Cp, _) => {
+            let linear = match &report.linearizability {
+                Ok(text) => text.clone(),
+                Err(text) => format!("FAILED {text}"),
+            };
+            match &report.stale_reads {
+                None => linear,
+                Some(Ok(text)) => format!("{linear}, {text}"),
+                Some(Err(text)) => format!("{linear}, stale reads FAILED {text}"),
+            }
+        }
+        (Workload::Ap(_), Some(Ok(text))) => text.clone(),
+        (Workload::Ap(_), Some(Err(text))) => format!("ap checkers FAILED {text}"),
+        (Workload::Ap(_), None) => "ap checkers not run: the run stopped at the violation".into(),
     };
     lines.push(format!(
-        "seed {seed}: simulated {:.1}s ({} events), ops ok {} fail {} info {}, raft invariants {raft}, {linear}, convergence {convergence}, trace {:016x}",
+        "seed {seed}: simulated {:.1}s ({} events), ops ok {} fail {} info {}, invariants {invariants}, {checkers}, convergence {convergence}, trace {:016x}",
         report.simulated_ms as f64 / 1000.0,
         report.events,
         report.ops_ok,
@@ -250,7 +260,7 @@ fn run_seed(config: SimConfig, history: Option<&str>, sweep: bool) -> SeedOutcom
         lines,
         passed,
         simulated_ms: report.simulated_ms,
-        operations: report.ops_ok + report.ops_fail + report.ops_info,
+        operations: report.ops_ok + report.ops_fail + report.ops_info + report.ops_stale,
         history_error,
     }
 }
@@ -428,5 +438,7 @@ mod tests {
         assert!(parse_bugs(&["nope".into()]).is_err());
         let bugs = parse_bugs(&["ack-before-sync".into()]).map(|bugs| bugs.ap);
         assert!(bugs.is_ok_and(|ap| ap.ack_before_sync && !ap.drop_hints));
+        let known = parse_bugs(&["forward-answers-before-apply".into()]);
+        assert!(known.is_ok_and(|bugs| bugs.raft.forward_answers_before_apply));
     }
 }
