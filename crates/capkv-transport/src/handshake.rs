@@ -24,8 +24,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. A change to any message's
+/// encoding bumps it, so that nodes of different builds refuse each other at
+/// the handshake instead of misreading frames. 2: `Forwarded` carries the
+/// index of the write it answers.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Length of the acceptor's challenge.
 pub const NONCE_BYTES: usize = 32;
 /// Length of an HMAC-SHA256 tag.
