@@ -63,6 +63,14 @@ pub enum RequestError {
     /// The bucket does not exist.
     #[error("bucket not found")]
     BucketNotFound,
+    /// This node stopped leading before the write committed, and knows no
+    /// other leader (it cannot hear a majority). Unlike the others this is
+    /// not a definite failure: the entry may still commit under a later
+    /// leader that holds it, so the outcome is unknown. It is the answer the
+    /// request's deadline would give, given as soon as it is known, so that
+    /// a minority side refuses quickly.
+    #[error("leadership lost before the write committed; its outcome is unknown")]
+    LeaderLost,
 }
 
 /// The answer to a request.
@@ -72,7 +80,8 @@ pub enum Response {
     Applied(Applied),
     /// A read's result (`None` = absent).
     Value(Option<Versioned>),
-    /// The request failed definitely.
+    /// The request failed: definitely, except for
+    /// [`RequestError::LeaderLost`], a write whose outcome is unknown.
     Failed(RequestError),
     /// The answer to an ap request (its failures included: an ap write
     /// that misses its level is not undone, so it is not a `Failed`).
@@ -848,6 +857,9 @@ impl Node {
             });
             if soft.role != Role::Leader {
                 self.fail_pending_reads(soft.leader);
+                if soft.leader.is_none() {
+                    self.abandon_pending_writes();
+                }
             }
         }
         // Step 3: install and apply.
@@ -972,6 +984,19 @@ impl Node {
             let (_, requester, bucket, key) = self.reads_awaiting_apply.remove(at);
             let response = self.read_now(&bucket, &key);
             self.respond(requester, response);
+        }
+    }
+
+    /// Answers every write this node proposed as leader and has not seen
+    /// commit: it no longer leads and knows no leader, so it could only wait
+    /// for the requests' deadlines. With a new leader known, the writes stay:
+    /// applying the entries at their indexes soon tells how each ended.
+    fn abandon_pending_writes(&mut self) {
+        for pending in std::mem::take(&mut self.pending_writes).into_values() {
+            self.respond(
+                pending.requester,
+                Response::Failed(RequestError::LeaderLost),
+            );
         }
     }
 

@@ -5,7 +5,8 @@
 
 use capkv_core::{LogIndex, NodeId};
 use capkv_node::{
-    Applied, BucketSpec, Command, Node, NodeConfig, PeerMessage, ReadConsistency, Request, Response,
+    Applied, BucketSpec, Command, Node, NodeConfig, PeerMessage, ReadConsistency, Request,
+    RequestError, Response,
 };
 use capkv_storage::{MemStorage, Storage};
 
@@ -306,4 +307,50 @@ fn forward_ids_grow_across_restarts() {
     let first = first_forward_id(&mut storage);
     let second = first_forward_id(&mut storage);
     assert!(second > first, "{second} after {first}");
+}
+
+/// A leader cut off from every follower steps down (CheckQuorum) knowing no
+/// leader. The write it proposed and could not commit is answered then, as
+/// of unknown outcome, and not only at the client's deadline: the minority
+/// side of a partition refuses quickly.
+#[test]
+fn a_leader_cut_off_answers_its_uncommitted_write_when_it_steps_down() {
+    let (mut three, leader) = Three::elect();
+    let at = Three::index(leader);
+    let create = Request::Write(Command::CreateBucket {
+        name: "b".into(),
+        spec: BucketSpec::cp(3),
+    });
+    three.nodes[at].handle_request(1, create);
+    let answers = three.deliver_all();
+    assert!(matches!(
+        answers[at].as_slice(),
+        [(1, Response::Applied(_))]
+    ));
+    // From here on the leader's messages are lost.
+    three.nodes[at].handle_request(
+        2,
+        Request::Write(Command::Put {
+            bucket: "b".into(),
+            key: "k".into(),
+            value: b"v".to_vec(),
+        }),
+    );
+    let mut answers = Vec::new();
+    for ticks in 0..200 {
+        let (answered, _lost) = run(&mut three.nodes[at], &mut three.storages[at]);
+        answers.extend(answered);
+        if !answers.is_empty() {
+            assert!(ticks > 0, "answered before it could have lost its role");
+            break;
+        }
+        three.nodes[at].tick(0);
+    }
+    assert_eq!(
+        answers,
+        vec![(2, Response::Failed(RequestError::LeaderLost))],
+        "the write's answer after the leader lost its majority"
+    );
+    assert_ne!(three.nodes[at].raft().role(), capkv_raft::Role::Leader);
+    assert_eq!(three.nodes[at].raft().leader(), None);
 }

@@ -1068,6 +1068,13 @@ fn request_error(error: RequestError) -> ApiError {
             "bucket_not_found",
             "no such bucket: create it with PUT /v1/buckets/{bucket}",
         ),
+        // What the deadline would have answered, without the wait.
+        RequestError::LeaderLost => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_quorum",
+            "this node lost its leadership before the write committed and cannot reach a majority; the write may still take effect",
+        )
+        .with("outcome", Value::from("unknown")),
     }
 }
 

@@ -460,6 +460,11 @@ impl Client {
             Response::Failed(RequestError::Busy(_)) if retries < RETRIES_MAX => {
                 self.backoff(now, operation, retries, 20)
             }
+            Response::Failed(RequestError::LeaderLost) => {
+                // The write may still take effect: as after a deadline.
+                self.give_up(&operation);
+                self.think()
+            }
             // cp clients send no ap requests; an ap answer here is a bug
             // in routing, recorded as a failure the checker will not miss.
             Response::Failed(_) | Response::Ap(_) => {
