@@ -331,12 +331,15 @@ mod tests {
 
     #[test]
     fn a_bad_version_is_refused() {
-        let mut hello = Hello::new("secret", &NONCE, "cluster", NodeId(2));
-        hello.protocol_version = 2;
-        assert!(matches!(
-            check(&hello),
-            Err(HandshakeFailure::BadVersion { received: 2 })
-        ));
+        // A newer build, and an older one.
+        for version in [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 1] {
+            let mut hello = Hello::new("secret", &NONCE, "cluster", NodeId(2));
+            hello.protocol_version = version;
+            assert!(matches!(
+                check(&hello),
+                Err(HandshakeFailure::BadVersion { received }) if received == version
+            ));
+        }
     }
 
     #[test]
