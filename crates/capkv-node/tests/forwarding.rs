@@ -99,6 +99,14 @@ impl Three {
         (id.0 - 1) as usize
     }
 
+    /// The first node that is not `leader`.
+    fn follower_of(leader: NodeId) -> NodeId {
+        [NodeId(1), NodeId(2), NodeId(3)]
+            .into_iter()
+            .find(|id| *id != leader)
+            .unwrap()
+    }
+
     /// Runs every node's turns and delivers their messages, one at a time
     /// in the order sent (so each link keeps order), until none are left.
     /// Returns the client answers each node gave, by node index.
@@ -132,10 +140,7 @@ impl Three {
 fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
     let (mut three, leader) = Three::elect();
     let leader_index = Three::index(leader);
-    let from = [NodeId(1), NodeId(2), NodeId(3)]
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let from = Three::follower_of(leader);
     let forward = PeerMessage::Forward {
         forward_id: 42,
         request: Box::new(Request::Write(Command::CreateBucket {
@@ -162,10 +167,7 @@ fn a_leader_appends_one_entry_for_a_forward_delivered_twice() {
 #[test]
 fn a_follower_has_applied_the_write_it_forwarded_when_it_answers() {
     let (mut three, leader) = Three::elect();
-    let follower = [NodeId(1), NodeId(2), NodeId(3)]
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = Three::follower_of(leader);
     let at = Three::index(follower);
     let create = Request::Write(Command::CreateBucket {
         name: "b".into(),
@@ -207,10 +209,7 @@ fn a_follower_has_applied_the_write_it_forwarded_when_it_answers() {
 #[test]
 fn a_follower_holds_a_forwarded_answer_until_it_has_applied_the_write() {
     let (mut three, leader) = Three::elect();
-    let follower = [NodeId(1), NodeId(2), NodeId(3)]
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = Three::follower_of(leader);
     let at = Three::index(follower);
     three.nodes[at].handle_request(
         1,

@@ -493,28 +493,17 @@ impl Client {
 
     fn next_operation(&mut self) -> Operation {
         if let Some((node, key)) = self.read_back.take() {
-            return stale_read(key, node);
+            return read(key, ReadConsistency::Stale, Some(node));
         }
         if self.rng.chance(STALE_READ_ANY_CHANCE) {
             let key = format!("k{}", self.rng.range(0, self.keys));
             let node = self.any_node();
-            return stale_read(key, node);
+            return read(key, ReadConsistency::Stale, Some(node));
         }
         let key = format!("k{}", self.rng.range(0, self.keys));
         let roll = self.rng.range(0, 100);
         if roll < 45 {
-            return Operation {
-                f: OpKind::Read,
-                key: key.clone(),
-                value: Value::Null,
-                request: Request::Read {
-                    bucket: BUCKET.into(),
-                    key,
-                    consistency: ReadConsistency::Linearizable,
-                },
-                recorded: true,
-                target: None,
-            };
+            return read(key, ReadConsistency::Linearizable, None);
         }
         if roll < 50 {
             return recorded_write(OpKind::Delete, key, Value::Null);
@@ -566,7 +555,9 @@ fn create_bucket() -> Operation {
     }
 }
 
-fn stale_read(key: String, node: NodeId) -> Operation {
+/// A read of `key`: a linearizable one goes into the checked history and
+/// follows the leader hint; a stale one stays out of it and goes to `target`.
+fn read(key: String, consistency: ReadConsistency, target: Option<NodeId>) -> Operation {
     Operation {
         f: OpKind::Read,
         key: key.clone(),
@@ -574,10 +565,10 @@ fn stale_read(key: String, node: NodeId) -> Operation {
         request: Request::Read {
             bucket: BUCKET.into(),
             key,
-            consistency: ReadConsistency::Stale,
+            consistency,
         },
-        recorded: false,
-        target: Some(node),
+        recorded: consistency == ReadConsistency::Linearizable,
+        target,
     }
 }
 

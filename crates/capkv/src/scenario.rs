@@ -147,6 +147,14 @@ fn ms(duration: Duration) -> u128 {
     duration.as_millis()
 }
 
+/// What an answer showed: `ok` of the value, or the error with its code.
+fn shown<T>(answer: &Result<T, ClientError>, ok: impl FnOnce(&T) -> String) -> String {
+    match answer {
+        Ok(value) => ok(value),
+        Err(error) => describe(error),
+    }
+}
+
 fn describe(error: &ClientError) -> String {
     if error.status == 0 {
         return format!("{} ({})", error.code, error.message);
@@ -258,10 +266,9 @@ async fn partition(
     let took = started.elapsed();
     let refused =
         matches!(&answer, Err(error) if error.status == 503 && error.code == codes::NO_QUORUM);
-    let seen = match &answer {
-        Ok(result) => format!("accepted, version {}", result.version),
-        Err(error) => describe(error),
-    };
+    let seen = shown(&answer, |result| {
+        format!("accepted, version {}", result.version)
+    });
     script.say(&format!(
         "PUT {BUCKET}/balance = 50 through the old leader n{leader}: {seen} after {} ms",
         ms(took)
@@ -283,10 +290,9 @@ async fn partition(
         )
         .await;
     let took = started.elapsed();
-    let seen = match &answer {
-        Ok(value) => format!("answered {:?}", value.value_text().unwrap_or("?")),
-        Err(error) => describe(error),
-    };
+    let seen = shown(&answer, |value| {
+        format!("answered {:?}", value.value_text().unwrap_or("?"))
+    });
     script.say(&format!(
         "GET {BUCKET}/balance (linearizable) through n{leader}: {seen} after {} ms",
         ms(took)
@@ -306,10 +312,9 @@ async fn partition(
             },
         )
         .await;
-    let seen = match &answer {
-        Ok(value) => format!("{:?}", value.value_text().unwrap_or("?")),
-        Err(error) => describe(error),
-    };
+    let seen = shown(&answer, |value| {
+        format!("{:?}", value.value_text().unwrap_or("?"))
+    });
     script.say(&format!(
         "GET {BUCKET}/balance (stale) through n{leader}: {seen}: a stale read serves what the node has, and says so by its name"
     ));
@@ -329,10 +334,7 @@ async fn partition(
     let answer = client(other)?
         .put(BUCKET, "balance", "200", &PutOptions::default())
         .await;
-    let seen = match &answer {
-        Ok(result) => format!("ok, version {}", result.version),
-        Err(error) => describe(error),
-    };
+    let seen = shown(&answer, |result| format!("ok, version {}", result.version));
     script.say(&format!(
         "PUT {BUCKET}/balance = 200 through n{other}: {seen} after {} ms",
         ms(started.elapsed())
@@ -353,13 +355,12 @@ async fn partition(
         let answer = client(id)?
             .ap_put(AP_BUCKET, "status", value.as_str(), &options)
             .await;
-        let seen = match &answer {
-            Ok(written) => format!(
+        let seen = shown(&answer, |written| {
+            format!(
                 "ok, {} of {} replicas acknowledged",
                 written.acks, written.replicas
-            ),
-            Err(error) => describe(error),
-        };
+            )
+        });
         script.say(&format!(
             "PUT {AP_BUCKET}/status = {value:?} through n{id} at one: {seen}"
         ));
@@ -373,10 +374,9 @@ async fn partition(
     let answer = client(leader)?
         .ap_put(AP_BUCKET, "other", "needs two", &quorum_write())
         .await;
-    let seen = match &answer {
-        Ok(written) => format!("ok, {} acknowledged", written.acks),
-        Err(error) => describe(error),
-    };
+    let seen = shown(&answer, |written| {
+        format!("ok, {} acknowledged", written.acks)
+    });
     script.say(&format!(
         "PUT {AP_BUCKET}/other through n{leader} at quorum: {seen} after {} ms",
         ms(started.elapsed())
@@ -473,17 +473,16 @@ async fn partition(
         ..ApReadOptions::default()
     };
     let answer = client(leader)?.ap_get(AP_BUCKET, "status", &options).await;
-    let seen = match &answer {
-        Ok(values) => format!(
+    let seen = shown(&answer, |values| {
+        format!(
             "{:?}",
             values
                 .siblings
                 .iter()
                 .map(|value| String::from_utf8_lossy(value).into_owned())
                 .collect::<Vec<_>>()
-        ),
-        Err(error) => describe(error),
-    };
+        )
+    });
     script.say(&format!(
         "PUT {AP_BUCKET}/status = merged with the siblings' context, then GET at all through n{leader}: {seen}"
     ));
