@@ -117,7 +117,9 @@ impl ApRecord {
     }
 }
 
-/// Every replica's final object for each key: (node, object).
+/// Every replica's final object for each key: (node, object). A replica
+/// that reaped the key's tombstone (engine rule 6) shows that tombstone, so
+/// a key that is gone without having been reaped fails checker 2.
 pub type FinalState = BTreeMap<String, Vec<(NodeId, Option<Object>)>>;
 
 /// Runs every checker; `Ok` names what was checked.

@@ -148,7 +148,8 @@ pub struct SimConfig {
     /// happen, in milliseconds. A quiet period follows.
     pub duration_ms: u64,
     /// Quiet period after every fault is healed, in milliseconds, before the
-    /// convergence checks.
+    /// convergence checks (ap runs stretch it past the tombstone grace, so
+    /// that reaping happens within the run).
     pub quiet_ms: u64,
     /// Concurrent clients.
     pub clients: u64,

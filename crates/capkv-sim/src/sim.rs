@@ -6,6 +6,7 @@ use crate::invariants::{RaftInvariants, Violation};
 use crate::workload::{Client, ClientAction, StaleRead};
 use capkv_check::Event as HistoryEvent;
 use capkv_core::{LogIndex, NodeId, Rng, StableHasher, Term};
+use capkv_dynamo::Object;
 use capkv_node::{Node, NodeConfig, NodeEvent, NodeReady, PeerMessage, Request, Response};
 use capkv_raft::{MessageBody, Role};
 use capkv_storage::{MemStorage, Storage};
@@ -239,6 +240,17 @@ struct SimNode {
     /// (the skew fault spreads them by seconds; the ap engine's hybrid
     /// logical clocks must cope).
     clock_offset_ms: u64,
+    /// Tombstones reaped by the engine's earlier lives (its count starts
+    /// from zero at every restart).
+    tombstones_reaped_earlier: u64,
+    /// The engine's reaped count (this life) at the end of its last turn.
+    tombstones_reaped_seen: u64,
+    /// Each ap key's object at the end of the last turn, when a tombstone:
+    /// what a reap in a later turn removed.
+    tombstones_held: BTreeMap<String, Object>,
+    /// Each ap key's last tombstone this node reaped: the ap checkers count
+    /// a replica that reaped a key as holding that tombstone.
+    tombstones_reaped_last: BTreeMap<String, Object>,
     /// Restarts count: ticks scheduled by an earlier life are ignored.
     incarnation: u64,
     /// What its released messages revealed of its durable state, checked
@@ -281,6 +293,10 @@ pub struct SimReport {
     pub ap: Option<Result<String, String>>,
     /// The ap clients' operations, for ap workloads.
     pub ap_history: Vec<ApRecord>,
+    /// Tombstones the ap engines reaped (engine rule 6), summed over nodes
+    /// and restarts: shows the reaping path and the durability check's
+    /// exemption for it ran.
+    pub tombstones_reaped: u64,
     /// The stale-read checker's verdict, for cp workloads.
     pub stale_reads: Option<Result<String, String>>,
     /// Stale reads completed (they stay out of the history and out of
@@ -304,6 +320,77 @@ impl SimReport {
             && self.convergence.is_ok()
             && self.ap.as_ref().is_none_or(Result::is_ok)
             && self.stale_reads.as_ref().is_none_or(Result::is_ok)
+    }
+}
+
+/// The skew fault sets each node's wall clock this many milliseconds (at
+/// most, exclusive) ahead of simulated time, so two clocks differ by less.
+const SKEW_CLOCK_OFFSET_MS_MAX: u64 = 6_000;
+
+/// Hints live this long in the simulator: above the nemesis's longest
+/// single fault (3 s) plus the time a restarted or reconnected replica takes
+/// to answer pings again, so a hint normally outlives its replica's outage,
+/// but short enough that hints also expire within a run.
+const SIM_HINT_TTL_MS: u64 = 5_000;
+
+/// How long an ap run's quiet period goes on after a tombstone confirmed
+/// when the load ends is due: time for the confirmation itself (a write's
+/// last acknowledgement) and for a tick to reap it on every replica.
+const QUIET_AFTER_GRACE_MS: u64 = 2_000;
+
+/// Gives the ap engine lifetimes short enough that tombstones are reaped
+/// and hints expire within a simulated run (the defaults, hours, never
+/// fire in 25 s), so engine rule 6 and the durability check's exemption
+/// for reaped keys are exercised by every sweep.
+///
+/// The drift bound must hold for the simulated clocks, because rule 6's
+/// safety rests on it: a replica refuses writes older than `hint_ttl_ms +
+/// max_drift_ms` on its own clock, which keeps out every write older than
+/// the tombstone only if no two clocks differ by more than `max_drift_ms`.
+/// Without the skew fault every wall clock is simulated time (the engine
+/// default, 500 ms, holds); with it, clocks differ by up to
+/// [`SKEW_CLOCK_OFFSET_MS_MAX`], so that is the bound. (The skew fault's
+/// tick rates change only how often a node ticks, not its wall clock.) The
+/// grace is the least `DynamoConfig` accepts plus half a second, so reaping
+/// starts as early in a run as the rule allows.
+fn short_ap_lifetimes(dynamo: &mut capkv_node::DynamoConfig, config: &SimConfig) {
+    if config.faults.contains(&Fault::Skew) {
+        dynamo.max_drift_ms = SKEW_CLOCK_OFFSET_MS_MAX;
+    }
+    dynamo.hint_ttl_ms = SIM_HINT_TTL_MS;
+    dynamo.tombstone_grace_ms = dynamo.hint_ttl_ms + 2 * dynamo.max_drift_ms + 500;
+}
+
+/// Records which tombstones the node's turn reaped (a reap removes the
+/// object the previous turn ended with: it must still have the digest it
+/// was confirmed with, and merges only grow an object), then the
+/// tombstones it holds now.
+fn note_reaped_tombstones(sim_node: &mut SimNode, keys: u64) {
+    let Some(node) = sim_node.node.as_ref() else {
+        return;
+    };
+    let dynamo = node.dynamo();
+    let reaped = dynamo.stats().tombstones_reaped;
+    if reaped > sim_node.tombstones_reaped_seen {
+        sim_node.tombstones_reaped_seen = reaped;
+        let held = std::mem::take(&mut sim_node.tombstones_held);
+        for (key, tombstone) in held {
+            if dynamo.object(AP_BUCKET, &key).is_none() {
+                sim_node.tombstones_reaped_last.insert(key, tombstone);
+            }
+        }
+    }
+    for key in (0..keys).map(|key| format!("a{key}")) {
+        match dynamo.object(AP_BUCKET, &key) {
+            Some(object) if object.is_tombstone() => {
+                if sim_node.tombstones_held.get(&key) != Some(object) {
+                    sim_node.tombstones_held.insert(key, object.clone());
+                }
+            }
+            _ => {
+                sim_node.tombstones_held.remove(&key);
+            }
+        }
     }
 }
 
@@ -381,6 +468,7 @@ impl Simulation {
                 node_config.dynamo.ae_interval_ms = if config.anti_entropy { 200 } else { 0 };
                 node_config.dynamo.merkle_leaves = 64;
                 node_config.dynamo.bugs = config.ap_bugs;
+                short_ap_lifetimes(&mut node_config.dynamo, &config);
                 let storage = MemStorage::new();
                 let node = Node::restore(node_config.clone(), &storage)
                     .expect("a fresh node starts from empty storage");
@@ -399,6 +487,10 @@ impl Simulation {
                     tick_period: config.tick_ms * MS,
                     incarnation: 0,
                     clock_offset_ms: 0,
+                    tombstones_reaped_earlier: 0,
+                    tombstones_reaped_seen: 0,
+                    tombstones_held: BTreeMap::new(),
+                    tombstones_reaped_last: BTreeMap::new(),
                 }
             })
             .collect();
@@ -456,7 +548,7 @@ impl Simulation {
         };
         if sim.config.faults.contains(&Fault::Skew) {
             for index in 0..sim.nodes.len() {
-                sim.nodes[index].clock_offset_ms = sim.rng.range(0, 6_000);
+                sim.nodes[index].clock_offset_ms = sim.rng.range(0, SKEW_CLOCK_OFFSET_MS_MAX);
             }
         }
         for index in 0..sim.nodes.len() {
@@ -525,9 +617,26 @@ impl Simulation {
         self.config.duration_ms * MS
     }
 
+    /// The quiet period. For ap workloads it outlasts the tombstone grace:
+    /// under load every key is written many times a second, so a tombstone
+    /// lives out its grace only when it is a key's last write, and then it
+    /// must be reaped before the run ends for rule 6 to be exercised.
+    fn quiet_ms(&self) -> u64 {
+        let grace_ms = self
+            .nodes
+            .iter()
+            .map(|sim_node| sim_node.config.dynamo.tombstone_grace_ms)
+            .max()
+            .unwrap_or(0);
+        match self.config.workload {
+            Workload::Cp => self.config.quiet_ms,
+            Workload::Ap(_) => self.config.quiet_ms.max(grace_ms + QUIET_AFTER_GRACE_MS),
+        }
+    }
+
     /// Runs to the end and checks everything.
     pub fn run(mut self) -> SimReport {
-        let end = self.load_end() + self.config.quiet_ms * MS;
+        let end = self.load_end() + self.quiet_ms() * MS;
         while let Some(next) = self.queue.pop() {
             if next.at > end || self.violation.is_some() {
                 break;
@@ -693,6 +802,12 @@ impl Simulation {
                 }
             }
         }
+        if matches!(self.config.workload, Workload::Ap(_)) {
+            note_reaped_tombstones(sim_node, self.config.keys);
+        }
+        let Some(node) = sim_node.node.as_mut() else {
+            return;
+        };
         if !node.has_ready() {
             return;
         }
@@ -1345,10 +1460,12 @@ impl Simulation {
     fn crash(&mut self, id: NodeId) {
         let index = self.node_index(id);
         let sim_node = &mut self.nodes[index];
-        if sim_node.node.is_none() {
+        let Some(node) = sim_node.node.take() else {
             return;
-        }
-        sim_node.node = None;
+        };
+        sim_node.tombstones_reaped_earlier += node.dynamo().stats().tombstones_reaped;
+        sim_node.tombstones_reaped_seen = 0;
+        sim_node.tombstones_held.clear();
         sim_node.in_flight = None;
         sim_node.inbox.clear();
         sim_node.request_clients.clear();
@@ -1423,13 +1540,13 @@ impl Simulation {
                 }
             }
         }
+        let tombstones_reaped = self.tombstones_reaped();
         let ap = match self.config.workload {
             Workload::Cp => None,
-            Workload::Ap(conflict) if self.violation.is_none() => Some(crate::ap_check::check(
-                &self.ap_records,
-                &self.ap_final_state(),
-                conflict,
-            )),
+            Workload::Ap(conflict) if self.violation.is_none() => Some(
+                crate::ap_check::check(&self.ap_records, &self.ap_final_state(), conflict)
+                    .map(|text| format!("{text}, {tombstones_reaped} tombstones reaped")),
+            ),
             Workload::Ap(_) => None,
         };
         let stale_reads = match self.config.workload {
@@ -1461,6 +1578,7 @@ impl Simulation {
             linearizability,
             ap,
             ap_history: std::mem::take(&mut self.ap_records),
+            tombstones_reaped,
             stale_reads,
             ops_stale: self.stale_reads.len() as u64 + self.stale_reads_unrecorded,
             convergence,
@@ -1482,7 +1600,31 @@ impl Simulation {
         }
     }
 
-    /// Every replica's object for every key an ap client touched.
+    /// Tombstones reaped on every node, over all its lives.
+    fn tombstones_reaped(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|sim_node| {
+                let current = sim_node
+                    .node
+                    .as_ref()
+                    .map_or(0, |node| node.dynamo().stats().tombstones_reaped);
+                sim_node.tombstones_reaped_earlier + current
+            })
+            .sum()
+    }
+
+    /// The tombstone node `id` last reaped on `key`, if it did.
+    fn reaped_tombstone(&self, id: NodeId, key: &str) -> Option<Object> {
+        let sim_node = &self.nodes[self.node_index(id)];
+        sim_node.tombstones_reaped_last.get(key).cloned()
+    }
+
+    /// Every replica's object for every key an ap client touched; a
+    /// replica that reaped the key's tombstone (engine rule 6: it was
+    /// confirmed on every replica) holds that tombstone, as far as the
+    /// checkers are concerned, so a key that vanished without being reaped
+    /// still fails them.
     fn ap_final_state(&self) -> FinalState {
         let keys: BTreeSet<&str> = self.ap_records.iter().map(|r| r.key.as_str()).collect();
         let live: Vec<&Node> = self.nodes.iter().filter_map(|n| n.node.as_ref()).collect();
@@ -1495,7 +1637,13 @@ impl Simulation {
             let objects = live
                 .iter()
                 .filter(|node| replicas.contains(&node.id()))
-                .map(|node| (node.id(), node.dynamo().object(AP_BUCKET, key).cloned()))
+                .map(|node| {
+                    let object = node.dynamo().object(AP_BUCKET, key).cloned();
+                    (
+                        node.id(),
+                        object.or_else(|| self.reaped_tombstone(node.id(), key)),
+                    )
+                })
                 .collect();
             state.insert(key.to_string(), objects);
         }
