@@ -20,6 +20,11 @@ pub const AP_BUCKET: &str = "feed";
 /// Replicas of each key.
 pub const AP_REPLICAS: u8 = 3;
 
+/// The name of ap key number `index`.
+pub fn key_name(index: u64) -> String {
+    format!("a{index}")
+}
+
 #[derive(Debug)]
 enum State {
     Idle,
@@ -159,7 +164,7 @@ impl ApClient {
     }
 
     fn next_operation(&mut self, now: Micros) -> (ApRecord, Request) {
-        let key = format!("a{}", self.rng.range(0, self.keys));
+        let key = key_name(self.rng.range(0, self.keys));
         let roll = self.rng.range(0, 100);
         let context = self
             .contexts

@@ -236,8 +236,9 @@ pub(crate) struct ApPromises {
     turn_replicates: Vec<(NodeId, u64, String, String)>,
     /// The (bucket, key) of each write the node coordinates, until answered.
     writes: BTreeMap<Asker, (String, String)>,
-    /// The engine's count of reaped tombstones at the last release.
-    reaped: u64,
+    /// Keys whose tombstone the engine reaped in the turn being run (the
+    /// simulator reports each one), forgotten when the turn is released.
+    reaped: Vec<(String, String)>,
 }
 
 impl ApPromises {
@@ -285,10 +286,10 @@ impl ApPromises {
     /// Notes what the acknowledgements among `ready`'s messages and answers
     /// promise, as they leave `node`.
     pub(crate) fn note(&mut self, node: &Node, ready: &NodeReady) {
-        let reaped = node.dynamo().stats().tombstones_reaped;
-        if reaped != self.reaped {
-            self.reaped = reaped;
-            self.forget_reaped(node);
+        for (bucket, key) in self.reaped.drain(..) {
+            if let Some(keys) = self.acknowledged.get_mut(&bucket) {
+                keys.remove(&key);
+            }
         }
         for (to, message) in &ready.messages {
             let PeerMessage::Dynamo(message) = message else {
@@ -367,20 +368,19 @@ impl ApPromises {
         }
     }
 
-    /// Forgets the keys whose object `node` reaped: a tombstone confirmed on
-    /// every replica is removed on purpose.
-    fn forget_reaped(&mut self, node: &Node) {
-        for (bucket, keys) in &mut self.acknowledged {
-            keys.retain(|key, _| node.dynamo().object(bucket, key).is_some());
-        }
+    /// The engine reaped `key`'s tombstone in the turn being run: a
+    /// tombstone confirmed on every replica is removed on purpose, so the
+    /// key is forgotten when the turn is released.
+    pub(crate) fn reaped(&mut self, bucket: &str, key: &str) {
+        self.reaped.push((bucket.to_string(), key.to_string()));
     }
 
-    /// The process died: requests in flight died with it, and the engine
-    /// that restarts counts reaped tombstones from zero.
+    /// The process died: requests in flight died with it, and so did the
+    /// reaps of a turn it never released (they were not synced).
     pub(crate) fn crashed(&mut self) {
         self.turn_replicates.clear();
         self.writes.clear();
-        self.reaped = 0;
+        self.reaped.clear();
     }
 
     /// Checks the objects `node` restarted with against what it promised.

@@ -1,5 +1,5 @@
 use crate::ap_check::{ApRecord, FinalState};
-use crate::ap_workload::{ApClient, AP_BUCKET, AP_REPLICAS};
+use crate::ap_workload::{key_name, ApClient, AP_BUCKET, AP_REPLICAS};
 use crate::config::{Fault, SimConfig, Workload};
 use crate::durability::{ApPromises, Promises};
 use crate::invariants::{RaftInvariants, Violation};
@@ -363,9 +363,10 @@ fn short_ap_lifetimes(dynamo: &mut capkv_node::DynamoConfig, config: &SimConfig)
 
 /// Records which tombstones the node's turn reaped (a reap removes the
 /// object the previous turn ended with: it must still have the digest it
-/// was confirmed with, and merges only grow an object), then the
-/// tombstones it holds now.
-fn note_reaped_tombstones(sim_node: &mut SimNode, keys: u64) {
+/// was confirmed with, and merges only grow an object) and tells the
+/// durability check when it notes promises (`crashes`), then records the
+/// tombstones the node holds now among `keys`.
+fn note_reaped_tombstones(sim_node: &mut SimNode, keys: &[String], crashes: bool) {
     let Some(node) = sim_node.node.as_ref() else {
         return;
     };
@@ -376,19 +377,22 @@ fn note_reaped_tombstones(sim_node: &mut SimNode, keys: u64) {
         let held = std::mem::take(&mut sim_node.tombstones_held);
         for (key, tombstone) in held {
             if dynamo.object(AP_BUCKET, &key).is_none() {
+                if crashes {
+                    sim_node.ap_promises.reaped(AP_BUCKET, &key);
+                }
                 sim_node.tombstones_reaped_last.insert(key, tombstone);
             }
         }
     }
-    for key in (0..keys).map(|key| format!("a{key}")) {
-        match dynamo.object(AP_BUCKET, &key) {
+    for key in keys {
+        match dynamo.object(AP_BUCKET, key) {
             Some(object) if object.is_tombstone() => {
-                if sim_node.tombstones_held.get(&key) != Some(object) {
-                    sim_node.tombstones_held.insert(key, object.clone());
+                if sim_node.tombstones_held.get(key) != Some(object) {
+                    sim_node.tombstones_held.insert(key.clone(), object.clone());
                 }
             }
             _ => {
-                sim_node.tombstones_held.remove(&key);
+                sim_node.tombstones_held.remove(key);
             }
         }
     }
@@ -422,6 +426,8 @@ pub struct Simulation {
     /// Figure-8 runs started so far.
     figure8_runs: u64,
     invariants: RaftInvariants,
+    /// The ap keys' names, built once: every ap turn looks them up.
+    ap_keys: Vec<String>,
     /// Whether any node can crash (the crash and churn faults), and so
     /// whether what nodes reveal must be noted for the durability check.
     crashes: bool,
@@ -532,6 +538,7 @@ impl Simulation {
             figure8: None,
             figure8_runs: 0,
             invariants: RaftInvariants::new(),
+            ap_keys: (0..config.keys).map(key_name).collect(),
             crashes: config
                 .faults
                 .iter()
@@ -803,7 +810,7 @@ impl Simulation {
             }
         }
         if matches!(self.config.workload, Workload::Ap(_)) {
-            note_reaped_tombstones(sim_node, self.config.keys);
+            note_reaped_tombstones(sim_node, &self.ap_keys, crashes);
         }
         let Some(node) = sim_node.node.as_mut() else {
             return;
