@@ -25,8 +25,8 @@
 //! client has no acknowledged write through that node.
 
 use crate::invariants::RaftInvariants;
-use crate::workload::{command_hash, command_of, StaleRead, WriteEffect, BUCKET};
-use capkv_check::{Event, EventType, OpKind};
+use crate::workload::{command_hash, command_of, written_value, StaleRead, WriteEffect, BUCKET};
+use capkv_check::{Event, EventType};
 use capkv_core::LogIndex;
 use capkv_node::Command;
 use serde_json::Value;
@@ -82,7 +82,9 @@ impl<'a> Facts<'a> {
             if event.kind != EventType::Invoke {
                 continue;
             }
-            let Some(written) = written_value(event.f, &event.value) else {
+            // A delete leaves the key absent: no value to name.
+            let Some(written) = written_value(event.f, &event.value).filter(|v| !v.is_null())
+            else {
                 continue;
             };
             if let Some(command) = command_of(event.f, &event.key, &event.value) {
@@ -196,18 +198,11 @@ impl<'a> Facts<'a> {
 }
 
 /// The value a write or cas invoke writes.
-fn written_value(f: OpKind, value: &Value) -> Option<&Value> {
-    match (f, value) {
-        (OpKind::Write, value) => Some(value),
-        (OpKind::Cas, Value::Array(pair)) => pair.get(1),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::workload::AcknowledgedWrite;
+    use capkv_check::OpKind;
     use capkv_core::{NodeId, Term};
 
     /// The history invoke of client `process`'s put of `value` to `key`.

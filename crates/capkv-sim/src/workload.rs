@@ -341,6 +341,10 @@ impl Client {
         NodeId(1 + self.rng.range(0, self.nodes))
     }
 
+    fn any_key(&mut self) -> String {
+        format!("k{}", self.rng.range(0, self.keys))
+    }
+
     /// A response arrived from a node in its life `life` (restarts count).
     pub fn on_response(
         &mut self,
@@ -439,8 +443,8 @@ impl Client {
                 self.think()
             }
             Response::Applied(applied) => {
-                if let Some(new) = written_value(&operation) {
-                    self.last_seen.insert(operation.key.clone(), new);
+                if let Some(new) = written_value(operation.f, &operation.value) {
+                    self.last_seen.insert(operation.key.clone(), new.clone());
                 }
                 self.acknowledged(&operation.key, answered_by, &applied);
                 self.record(EventType::Ok, &operation, operation.value.clone());
@@ -496,11 +500,11 @@ impl Client {
             return read(key, ReadConsistency::Stale, Some(node));
         }
         if self.rng.chance(STALE_READ_ANY_CHANCE) {
-            let key = format!("k{}", self.rng.range(0, self.keys));
+            let key = self.any_key();
             let node = self.any_node();
             return read(key, ReadConsistency::Stale, Some(node));
         }
-        let key = format!("k{}", self.rng.range(0, self.keys));
+        let key = self.any_key();
         let roll = self.rng.range(0, 100);
         if roll < 45 {
             return read(key, ReadConsistency::Linearizable, None);
@@ -626,15 +630,16 @@ pub(crate) fn command_hash(command: &Command) -> u64 {
     StableHasher::hash_bytes(&command.encode())
 }
 
-fn written_value(operation: &Operation) -> Option<Value> {
-    match operation.f {
-        OpKind::Write => Some(operation.value.clone()),
-        OpKind::Cas => match &operation.value {
-            Value::Array(pair) => pair.get(1).cloned(),
-            _ => None,
-        },
-        OpKind::Delete => Some(Value::Null),
-        OpKind::Read => None,
+/// The value a history operation `f` with history value `value` leaves
+/// on its key when it takes effect: a put's value, a cas's new one, null
+/// (absent) for a delete; `None` for a read or a malformed cas.
+pub(crate) fn written_value(f: OpKind, value: &Value) -> Option<&Value> {
+    static ABSENT: Value = Value::Null;
+    match (f, value) {
+        (OpKind::Write, value) => Some(value),
+        (OpKind::Cas, Value::Array(pair)) => pair.get(1),
+        (OpKind::Delete, _) => Some(&ABSENT),
+        _ => None,
     }
 }
 
