@@ -112,26 +112,41 @@ struct Bugs {
     send_before_sync: bool,
 }
 
+/// Turns one deliberate bug on.
+type BugSwitch = fn(&mut Bugs);
+
+/// Every `--bug` name and the switch it turns on: one table for parsing
+/// and for the error that lists them.
+const BUG_SWITCHES: [(&str, BugSwitch); 8] = [
+    ("vote-ignores-log", |bugs| bugs.raft.vote_ignores_log = true),
+    ("commit-counts-old-terms", |bugs| {
+        bugs.raft.commit_counts_old_terms = true;
+    }),
+    ("read-skips-quorum", |bugs| {
+        bugs.raft.read_skips_quorum = true
+    }),
+    ("forward-answers-before-apply", |bugs| {
+        bugs.raft.forward_answers_before_apply = true;
+    }),
+    ("read-repair-skips-merge", |bugs| {
+        bugs.ap.read_repair_skips_merge = true;
+    }),
+    ("drop-hints", |bugs| bugs.ap.drop_hints = true),
+    ("ack-before-sync", |bugs| bugs.ap.ack_before_sync = true),
+    ("send-before-sync", |bugs| bugs.send_before_sync = true),
+];
+
 fn parse_bugs(names: &[String]) -> Result<Bugs, String> {
     let mut bugs = Bugs::default();
     for name in names {
-        match name.as_str() {
-            "vote-ignores-log" => bugs.raft.vote_ignores_log = true,
-            "commit-counts-old-terms" => bugs.raft.commit_counts_old_terms = true,
-            "read-skips-quorum" => bugs.raft.read_skips_quorum = true,
-            "forward-answers-before-apply" => bugs.raft.forward_answers_before_apply = true,
-            "read-repair-skips-merge" => bugs.ap.read_repair_skips_merge = true,
-            "drop-hints" => bugs.ap.drop_hints = true,
-            "ack-before-sync" => bugs.ap.ack_before_sync = true,
-            "send-before-sync" => bugs.send_before_sync = true,
-            other => {
-                return Err(format!(
-                    "unknown --bug '{other}' (known: vote-ignores-log, commit-counts-old-terms, \
-                     read-skips-quorum, forward-answers-before-apply, read-repair-skips-merge, \
-                     drop-hints, ack-before-sync, send-before-sync)"
-                ))
-            }
-        }
+        let Some((_, switch_on)) = BUG_SWITCHES.iter().find(|(known, _)| known == name) else {
+            let known: Vec<&str> = BUG_SWITCHES.iter().map(|(known, _)| *known).collect();
+            return Err(format!(
+                "unknown --bug '{name}' (known: {})",
+                known.join(", ")
+            ));
+        };
+        switch_on(&mut bugs);
     }
     Ok(bugs)
 }
